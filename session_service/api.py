@@ -1,0 +1,257 @@
+"""The session servicers: validate the request, call the store, convert the result."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from interview.sessions.v1 import sessions_pb2 as pb
+from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common import auth
+from common.auth import TokenVerifier, current_user_id
+from common.db import create_engine, ping
+from common.fields import Fields, PageTokens
+from common.server import AppServer, ServiceBinding, build_server
+from session_service import domain, store
+from session_service.config import Config
+from session_service.domain import Transition
+
+DOMAIN = "interview.sessions"
+STATUSES = {
+    pb.SESSION_STATUS_ACTIVE: domain.ACTIVE,
+    pb.SESSION_STATUS_PAUSED: domain.PAUSED,
+    pb.SESSION_STATUS_COMPLETED: domain.COMPLETED,
+}
+STATUS_NUMBERS = {name: number for number, name in STATUSES.items()}
+ROLES = {pb.MESSAGE_ROLE_QUESTION: domain.QUESTION, pb.MESSAGE_ROLE_ANSWER: domain.ANSWER}
+ROLE_NUMBERS = {name: number for number, name in ROLES.items()}
+
+
+def _timestamp(moment: Any) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _text(value: Any) -> str:
+    return str(value) if value is not None else ""
+
+
+def session_pb(row: Row[Any]) -> pb.Session:
+    return pb.Session(
+        session_id=str(row.session_id),
+        user_id=str(row.user_id),
+        partner_user_id=_text(row.partner_user_id),
+        job_posting_id=_text(row.job_posting_id),
+        status=STATUS_NUMBERS[row.status],  # type: ignore[arg-type]
+        current_question_number=row.current_question_number,
+        retake_number=row.retake_number,
+        original_session_id=_text(row.original_session_id),
+        create_time=_timestamp(row.create_time),
+        update_time=_timestamp(row.update_time),
+        complete_time=_timestamp(row.complete_time),
+    )
+
+
+def message_pb(row: Row[Any]) -> pb.SessionMessage:
+    return pb.SessionMessage(
+        message_id=str(row.message_id),
+        session_id=str(row.session_id),
+        role=ROLE_NUMBERS[row.role],  # type: ignore[arg-type]
+        content=row.content,
+        question_number=row.question_number,
+        create_time=_timestamp(row.create_time),
+    )
+
+
+def _session_id(request: Any) -> str:
+    fields = Fields()
+    session_id = fields.uuid("session_id", request.session_id)
+    fields.done()
+    return session_id
+
+
+class SessionApi(pb_grpc.SessionServiceServicer):
+    """SessionService: end users acting on the sessions they participate in."""
+
+    def __init__(self, db: AsyncEngine, tokens: PageTokens) -> None:
+        self._db = db
+        self._tokens = tokens
+
+    async def CreateSession(
+        self, request: pb.CreateSessionRequest, context: aio.ServicerContext
+    ) -> pb.Session:
+        caller = current_user_id()
+        fields = Fields()
+        job_posting_id = fields.uuid("job_posting_id", request.job_posting_id)
+        partner = fields.optional_uuid("partner_user_id", request.partner_user_id)
+        request_id = fields.optional_uuid("request_id", request.request_id)
+        if partner == caller:
+            fields.add("partner_user_id", "must differ from the caller")
+        fields.done()
+        async with self._db.connect() as conn:
+            row = await store.create_session(conn, caller, job_posting_id, partner, request_id)
+        return session_pb(row)
+
+    async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.Session:
+        session_id = _session_id(request)
+        async with self._db.connect() as conn:
+            return session_pb(await store.get_session(conn, session_id, current_user_id()))
+
+    async def ListSessions(
+        self, request: pb.ListSessionsRequest, context: aio.ServicerContext
+    ) -> pb.ListSessionsResponse:
+        caller = current_user_id()
+        fields = Fields()
+        status = None
+        if request.status != pb.SESSION_STATUS_UNSPECIFIED:
+            status = fields.enum("status", request.status, STATUSES, pb.SessionStatus)
+        limit = fields.page_size(request.page_size)
+        scope = f"sessions:{caller}:{status}"
+        cursor = fields.page_token(self._tokens, scope, request.page_token)
+        fields.done()
+        after = (store.from_micros(cursor[0]), cursor[1]) if cursor else None
+        async with self._db.connect() as conn:
+            rows = await store.list_sessions(conn, caller, status, after, limit + 1)
+        token = ""
+        if len(rows) > limit:
+            last = rows[limit - 1]
+            token = self._tokens.encode(scope, [store.micros(last.create_time), str(last.session_id)])
+        return pb.ListSessionsResponse(sessions=[session_pb(r) for r in rows[:limit]], next_page_token=token)
+
+    async def _transition(self, request: Any, transition: Transition) -> pb.Session:
+        session_id = _session_id(request)
+        async with self._db.connect() as conn:
+            return session_pb(await store.transition(conn, transition, session_id, current_user_id()))
+
+    async def PauseSession(self, request: pb.PauseSessionRequest, context: aio.ServicerContext) -> pb.Session:
+        return await self._transition(request, domain.PAUSE)
+
+    async def ResumeSession(
+        self, request: pb.ResumeSessionRequest, context: aio.ServicerContext
+    ) -> pb.Session:
+        return await self._transition(request, domain.RESUME)
+
+    async def CompleteSession(
+        self, request: pb.CompleteSessionRequest, context: aio.ServicerContext
+    ) -> pb.Session:
+        return await self._transition(request, domain.COMPLETE)
+
+    async def RetakeSession(
+        self, request: pb.RetakeSessionRequest, context: aio.ServicerContext
+    ) -> pb.Session:
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        request_id = fields.optional_uuid("request_id", request.request_id)
+        fields.done()
+        async with self._db.connect() as conn:
+            row = await store.retake_session(conn, session_id, current_user_id(), request_id)
+        return session_pb(row)
+
+    async def ListRetakes(
+        self, request: pb.ListRetakesRequest, context: aio.ServicerContext
+    ) -> pb.ListRetakesResponse:
+        session_id = _session_id(request)
+        async with self._db.connect() as conn:
+            rows = await store.list_retakes(conn, session_id, current_user_id())
+        return pb.ListRetakesResponse(sessions=[session_pb(r) for r in rows])
+
+    async def AppendMessage(
+        self, request: pb.AppendMessageRequest, context: aio.ServicerContext
+    ) -> pb.SessionMessage:
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        role = fields.enum("role", request.role, ROLES, pb.MessageRole)
+        problem = domain.content_problem(request.content)
+        if problem:
+            fields.add("content", problem)
+        request_id = fields.optional_uuid("request_id", request.request_id)
+        fields.done()
+        async with self._db.connect() as conn:
+            row = await store.append_message(
+                conn, session_id, current_user_id(), role, request.content, request_id
+            )
+        return message_pb(row)
+
+    async def ListMessages(
+        self, request: pb.ListMessagesRequest, context: aio.ServicerContext
+    ) -> pb.ListMessagesResponse:
+        caller = current_user_id()
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        limit = fields.page_size(request.page_size)
+        scope = f"messages:{caller}:{session_id}"
+        cursor = fields.page_token(self._tokens, scope, request.page_token)
+        fields.done()
+        async with self._db.connect() as conn:
+            await store.get_session(conn, session_id, caller)
+            rows = await store.list_messages(conn, session_id, cursor[0] if cursor else None, limit + 1)
+        token = self._tokens.encode(scope, [rows[limit - 1].seq]) if len(rows) > limit else ""
+        return pb.ListMessagesResponse(messages=[message_pb(r) for r in rows[:limit]], next_page_token=token)
+
+
+class InternalApi(pb_grpc.SessionInternalServiceServicer):
+    """SessionInternalService: other services, acting on any session."""
+
+    def __init__(self, db: AsyncEngine) -> None:
+        self._db = db
+
+    async def LookupSession(
+        self, request: pb.LookupSessionRequest, context: aio.ServicerContext
+    ) -> pb.Session:
+        session_id = _session_id(request)
+        async with self._db.connect() as conn:
+            return session_pb(await store.get_session(conn, session_id, None))
+
+    async def CompletePairedSession(
+        self, request: pb.CompletePairedSessionRequest, context: aio.ServicerContext
+    ) -> pb.Session:
+        session_id = _session_id(request)
+        async with self._db.connect() as conn:
+            return session_pb(await store.transition(conn, domain.COMPLETE_PAIRED, session_id, None))
+
+    async def ReleaseJobPosting(
+        self, request: pb.ReleaseJobPostingRequest, context: aio.ServicerContext
+    ) -> pb.ReleaseJobPostingResponse:
+        fields = Fields()
+        job_posting_id = fields.uuid("job_posting_id", request.job_posting_id)
+        fields.done()
+        async with self._db.connect() as conn:
+            changed = await store.release_job_posting(conn, job_posting_id)
+        return pb.ReleaseJobPostingResponse(sessions_updated=changed)
+
+
+def create_server(config: Config) -> AppServer:
+    """Everything the session service needs, wired; the caller starts and stops it."""
+    engine = create_engine(config.database_url, config.pool_size, "session_service")
+    # Every use case is a single statement (or a statement and an error read): no BEGIN/COMMIT.
+    db = engine.execution_options(isolation_level="AUTOCOMMIT")
+    tokens = PageTokens(config.jwt.key.encode())
+    app = build_server(
+        config.listen,
+        DOMAIN,
+        TokenVerifier(config.jwt),
+        [
+            ServiceBinding(
+                pb_grpc.add_SessionServiceServicer_to_server,
+                SessionApi(db, tokens),
+                pb.DESCRIPTOR.services_by_name["SessionService"].full_name,
+                auth.USERS,
+            ),
+            ServiceBinding(
+                pb_grpc.add_SessionInternalServiceServicer_to_server,
+                InternalApi(db),
+                pb.DESCRIPTOR.services_by_name["SessionInternalService"].full_name,
+                auth.INTERNAL,
+            ),
+        ],
+        probe=lambda: ping(engine),
+    )
+    app.on_stop.append(engine.dispose)
+    return app

@@ -1,0 +1,335 @@
+"""Queries on the `sessions` schema. Each use case is one statement where it can be;
+a read only follows when a conditional statement matched nothing, to pick the error."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from asyncpg.exceptions import UniqueViolationError
+from sqlalchemy import exc as sa_exc
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from session_service import domain
+from session_service.domain import SessionFacts, Transition
+
+SESSION_COLUMNS = (
+    "session_id, user_id, partner_user_id, job_posting_id, status, current_question_number, "
+    "retake_number, original_session_id, create_time, update_time, complete_time"
+)
+MESSAGE_COLUMNS = "message_id, session_id, role, content, question_number, create_time, seq"
+PARTICIPANT = "(user_id = :caller OR partner_user_id = :caller)"
+# A retake loses at most once per concurrent winner; this bound is never reached in practice.
+MAX_RETAKE_ATTEMPTS = 100
+
+_CREATE = text(
+    f"""
+    INSERT INTO sessions.sessions (session_id, user_id, partner_user_id, job_posting_id, status,
+                                   request_id)
+    VALUES (:session_id, :caller, :partner_user_id, :job_posting_id, 'active', :request_id)
+    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING {SESSION_COLUMNS}
+    """
+)
+_BY_REQUEST = text(
+    f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE user_id = :caller AND request_id = :request_id"
+)
+_GET = text(f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE session_id = :session_id")
+_RETAKE = text(
+    f"""
+    INSERT INTO sessions.sessions (session_id, user_id, job_posting_id, status, retake_number,
+                                   original_session_id, request_id)
+    SELECT :new_id, src.user_id, src.job_posting_id, 'active',
+           (SELECT max(c.retake_number) + 1 FROM sessions.sessions c
+             WHERE COALESCE(c.original_session_id, c.session_id)
+                 = COALESCE(src.original_session_id, src.session_id)),
+           COALESCE(src.original_session_id, src.session_id), :request_id
+      FROM sessions.sessions src
+     WHERE src.session_id = :session_id AND src.user_id = :caller
+       AND src.status = 'completed' AND src.job_posting_id IS NOT NULL
+    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    RETURNING {SESSION_COLUMNS}
+    """
+)
+_RETAKES = text(
+    f"""
+    SELECT {SESSION_COLUMNS} FROM sessions.sessions
+     WHERE COALESCE(original_session_id, session_id) = (
+               SELECT COALESCE(original_session_id, session_id) FROM sessions.sessions
+                WHERE session_id = :session_id AND {PARTICIPANT})
+       AND {PARTICIPANT}
+     ORDER BY retake_number
+    """
+)
+_RELEASE = text(
+    "UPDATE sessions.sessions SET job_posting_id = NULL, update_time = now() "
+    "WHERE job_posting_id = :job_posting_id"
+)
+_QUESTION = text(
+    f"""
+    WITH opened AS (
+        UPDATE sessions.sessions
+           SET current_question_number = current_question_number + 1, update_time = now()
+         WHERE session_id = :session_id AND status = 'active' AND {PARTICIPANT}
+        RETURNING current_question_number
+    )
+    INSERT INTO sessions.messages (message_id, session_id, author_user_id, role, content,
+                                   question_number, request_id)
+    SELECT :message_id, :session_id, :caller, 'question', :content, current_question_number,
+           :request_id
+      FROM opened
+    RETURNING {MESSAGE_COLUMNS}
+    """
+)
+# The UPDATE takes the session's row lock, so an answer cannot slip past a concurrent completion.
+_ANSWER = text(
+    f"""
+    WITH current AS (
+        UPDATE sessions.sessions SET update_time = now()
+         WHERE session_id = :session_id AND status = 'active' AND current_question_number > 0
+           AND {PARTICIPANT}
+        RETURNING current_question_number
+    )
+    INSERT INTO sessions.messages (message_id, session_id, author_user_id, role, content,
+                                   question_number, request_id)
+    SELECT :message_id, :session_id, :caller, 'answer', :content, current_question_number,
+           :request_id
+      FROM current
+    RETURNING {MESSAGE_COLUMNS}
+    """
+)
+_MESSAGE_BY_REQUEST = text(
+    f"SELECT {MESSAGE_COLUMNS} FROM sessions.messages "
+    "WHERE author_user_id = :caller AND request_id = :request_id"
+)
+_MESSAGES_FIRST = text(
+    f"SELECT {MESSAGE_COLUMNS} FROM sessions.messages WHERE session_id = :session_id "
+    "ORDER BY seq LIMIT :limit"
+)
+_MESSAGES_AFTER = text(
+    f"SELECT {MESSAGE_COLUMNS} FROM sessions.messages WHERE session_id = :session_id "
+    "AND seq > :after ORDER BY seq LIMIT :limit"
+)
+
+
+def _list_sessions_sql(with_status: bool, with_cursor: bool) -> Any:
+    """Newest first over "owner or partner": each side is its own index range scan, merged."""
+    conditions = ""
+    if with_status:
+        conditions += " AND status = :status"
+    if with_cursor:
+        conditions += " AND (create_time, session_id) < (:after_time, :after_id)"
+    order = "ORDER BY create_time DESC, session_id DESC LIMIT :limit"
+    return text(
+        f"""
+        SELECT {SESSION_COLUMNS} FROM (
+            (SELECT {SESSION_COLUMNS} FROM sessions.sessions
+              WHERE user_id = :caller{conditions} {order})
+            UNION ALL
+            (SELECT {SESSION_COLUMNS} FROM sessions.sessions
+              WHERE partner_user_id = :caller{conditions} {order})
+        ) AS mine {order}
+        """
+    )
+
+
+_LIST_SESSIONS = {(s, c): _list_sessions_sql(s, c) for s in (False, True) for c in (False, True)}
+
+
+def _transition_sql(transition: Transition, caller_scoped: bool) -> Any:
+    sources = ", ".join(f"'{status}'" for status in sorted(transition.sources))
+    conditions = f"status IN ({sources})"
+    if caller_scoped:
+        conditions += f" AND {PARTICIPANT}"
+    if transition.owner_only:
+        conditions += " AND user_id = :caller"
+    if transition.solo_only:
+        conditions += " AND partner_user_id IS NULL"
+    if transition.paired_only:
+        conditions += " AND partner_user_id IS NOT NULL"
+    completed = ", complete_time = now()" if transition.target == domain.COMPLETED else ""
+    return text(
+        f"UPDATE sessions.sessions SET status = '{transition.target}', update_time = now(){completed} "
+        f"WHERE session_id = :session_id AND {conditions} RETURNING {SESSION_COLUMNS}"
+    )
+
+
+_TRANSITIONS = {
+    (t, scoped): _transition_sql(t, scoped)
+    for t in (domain.PAUSE, domain.RESUME, domain.COMPLETE, domain.COMPLETE_PAIRED)
+    for scoped in (False, True)
+}
+
+
+def facts(row: Row[Any] | None) -> SessionFacts | None:
+    if row is None:
+        return None
+    return SessionFacts(
+        session_id=str(row.session_id),
+        user_id=str(row.user_id),
+        partner_user_id=str(row.partner_user_id) if row.partner_user_id else None,
+        status=row.status,
+        job_posting_id=str(row.job_posting_id) if row.job_posting_id else None,
+        current_question_number=row.current_question_number,
+    )
+
+
+def _is_unique_violation(error: sa_exc.IntegrityError, index: str) -> bool:
+    cause = error.orig.__cause__ if error.orig is not None else None
+    return isinstance(cause, UniqueViolationError) and cause.constraint_name == index
+
+
+async def create_session(
+    conn: AsyncConnection,
+    caller: str,
+    job_posting_id: str,
+    partner_user_id: str | None,
+    request_id: str | None,
+) -> Row[Any]:
+    params = {
+        "session_id": str(uuid.uuid4()),
+        "caller": caller,
+        "partner_user_id": partner_user_id,
+        "job_posting_id": job_posting_id,
+        "request_id": request_id,
+    }
+    row = (await conn.execute(_CREATE, params)).first()
+    if row is None:  # the request_id was used before: return what that call created
+        row = (await conn.execute(_BY_REQUEST, params)).one()
+    return row
+
+
+async def get_session(conn: AsyncConnection, session_id: str, caller: str | None) -> Row[Any]:
+    """The session, if `caller` participates in it (None: a trusted service, sees all)."""
+    row = (await conn.execute(_GET, {"session_id": session_id})).first()
+    found = facts(row)
+    if row is None or found is None or not found.visible_to(caller):
+        raise domain.SessionNotFound(session_id)
+    return row
+
+
+async def transition(
+    conn: AsyncConnection, transition: Transition, session_id: str, caller: str | None
+) -> Row[Any]:
+    """Applies `transition` in one conditional UPDATE; only if it matches nothing, a read
+    decides the error. `caller` None is a trusted service acting on any session."""
+    statement = _TRANSITIONS[(transition, caller is not None)]
+    while True:
+        row = (await conn.execute(statement, {"session_id": session_id, "caller": caller})).first()
+        if row is not None:
+            return row
+        current = (await conn.execute(_GET, {"session_id": session_id})).first()
+        refusal = domain.transition_refusal(transition, facts(current), session_id, caller)
+        if refusal is not None:
+            raise refusal
+        if current is not None and current.status == transition.target:
+            return current
+        # The status moved between the update and the read: try the update again.
+
+
+async def retake_session(
+    conn: AsyncConnection, session_id: str, caller: str, request_id: str | None
+) -> Row[Any]:
+    params = {"session_id": session_id, "caller": caller, "request_id": request_id}
+    for _ in range(MAX_RETAKE_ATTEMPTS):
+        try:
+            row = (await conn.execute(_RETAKE, {**params, "new_id": str(uuid.uuid4())})).first()
+        except sa_exc.IntegrityError as error:
+            if _is_unique_violation(error, "sessions_chain_number"):
+                continue  # a concurrent retake took this number; the next try sees it
+            raise
+        if row is not None:
+            return row
+        if request_id is not None:
+            earlier = (await conn.execute(_BY_REQUEST, params)).first()
+            if earlier is not None:
+                return earlier
+        source = (await conn.execute(_GET, params)).first()
+        refusal = domain.retake_refusal(facts(source), session_id, caller)
+        if refusal is not None:
+            raise refusal
+    raise RuntimeError(f"retake of {session_id} lost {MAX_RETAKE_ATTEMPTS} races in a row")
+
+
+async def list_retakes(conn: AsyncConnection, session_id: str, caller: str) -> list[Row[Any]]:
+    rows = list(await conn.execute(_RETAKES, {"session_id": session_id, "caller": caller}))
+    if not rows:
+        raise domain.SessionNotFound(session_id)
+    return rows
+
+
+async def list_sessions(
+    conn: AsyncConnection,
+    caller: str,
+    status: str | None,
+    after: tuple[datetime, str] | None,
+    limit: int,
+) -> list[Row[Any]]:
+    params: dict[str, Any] = {"caller": caller, "status": status, "limit": limit}
+    if after is not None:
+        params["after_time"], params["after_id"] = after
+    statement = _LIST_SESSIONS[(status is not None, after is not None)]
+    return list(await conn.execute(statement, params))
+
+
+async def release_job_posting(conn: AsyncConnection, job_posting_id: str) -> int:
+    result = await conn.execute(_RELEASE, {"job_posting_id": job_posting_id})
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+async def append_message(
+    conn: AsyncConnection,
+    session_id: str,
+    caller: str,
+    role: str,
+    content: str,
+    request_id: str | None,
+) -> Row[Any]:
+    params = {
+        "message_id": str(uuid.uuid4()),
+        "session_id": session_id,
+        "caller": caller,
+        "content": content,
+        "request_id": request_id,
+    }
+    statement = _QUESTION if role == domain.QUESTION else _ANSWER
+    while True:
+        try:
+            row = (await conn.execute(statement, params)).first()
+        except sa_exc.IntegrityError as error:
+            # The whole statement, question counter included, rolled back: return the first call's.
+            if _is_unique_violation(error, "messages_request"):
+                return (await conn.execute(_MESSAGE_BY_REQUEST, params)).one()
+            raise
+        if row is not None:
+            return row
+        if request_id is not None:
+            earlier = (await conn.execute(_MESSAGE_BY_REQUEST, params)).first()
+            if earlier is not None:
+                return earlier
+        current = (await conn.execute(_GET, params)).first()
+        refusal = domain.append_refusal(facts(current), session_id, caller, role)
+        if refusal is not None:
+            raise refusal
+
+
+async def list_messages(
+    conn: AsyncConnection, session_id: str, after_seq: int | None, limit: int
+) -> list[Row[Any]]:
+    params = {"session_id": session_id, "after": after_seq, "limit": limit}
+    statement = _MESSAGES_FIRST if after_seq is None else _MESSAGES_AFTER
+    return list(await conn.execute(statement, params))
+
+
+def micros(moment: datetime) -> int:
+    """A timestamp as whole microseconds since the epoch, exact, for page cursors."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    seconds, micro = divmod(value, 1_000_000)
+    return datetime.fromtimestamp(seconds, tz=UTC).replace(microsecond=micro)
