@@ -7,11 +7,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,8 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from common.auth import Access, TokenVerifier
-from common.db import is_connection_error
+from common.config import ConfigError, database_url
+from common.db import is_connection_error, migrate
 from common.errors import DatabaseUnavailable, InvalidArgument, ServiceError
 
 log = logging.getLogger("rpc")
@@ -61,6 +63,10 @@ def rich_status(error: ServiceError, domain: str) -> grpc.Status:
     return rpc_status.to_status(
         status_pb2.Status(code=getattr(code_pb2, error.code), message=error.message, details=packed)
     )
+
+
+class ListenError(OSError):
+    """The server could not bind its address (in use, or not a local address)."""
 
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
@@ -225,9 +231,10 @@ def build_server(
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.name for b in bindings]
     reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
-    port = server.add_insecure_port(listen)
-    if port == 0:
-        raise OSError(f"cannot listen on {listen}")
+    try:
+        port = server.add_insecure_port(listen)
+    except RuntimeError as error:  # grpc reports a failed bind this way
+        raise ListenError(f"cannot listen on {listen}: {error}") from None
     return AppServer(server=server, port=port, health=health_servicer, service_names=names, probe=probe)
 
 
@@ -266,3 +273,39 @@ async def serve_until_signal(app: AppServer) -> None:
     await stop.wait()
     log.info({"event": "stopping"})
     await app.stop()
+
+
+def main(
+    package: str,
+    database_variable: str,
+    load: Callable[[Mapping[str, str]], Any],
+    create: Callable[[Any], AppServer],
+    argv: list[str],
+) -> int:
+    """A service's command line: `serve` (default) or `migrate`; bad settings print one line."""
+    command = argv[0] if argv else "serve"
+    if command not in ("serve", "migrate"):
+        print(f"usage: python -m {package} [serve|migrate]", file=sys.stderr)
+        return 2
+    try:
+        if command == "migrate":
+            url = database_url(os.environ, database_variable)
+            configure_logging()
+            asyncio.run(migrate(url, package))
+            return 0
+        settings = load(os.environ)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    configure_logging()
+
+    async def serve() -> None:
+        # The grpc.aio server must be created inside the running event loop.
+        await serve_until_signal(create(settings))
+
+    try:
+        asyncio.run(serve())
+    except ListenError as error:
+        print(f"{package}: {error}", file=sys.stderr)
+        return 1
+    return 0

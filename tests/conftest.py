@@ -1,0 +1,127 @@
+"""Shared fixtures: one real PostgreSQL per test run, a fresh database, real servers on port 0."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import asyncpg
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interview.sessions.v1 import sessions_pb2_grpc
+
+from common.config import JwtSettings
+from common.db import migrate, start_embedded, stop_embedded
+from common.server import AppServer
+from session_service import api as session_api
+from session_service import config as session_config
+from tests.helpers import service_metadata, user_metadata, wait_for
+
+
+@pytest.fixture(scope="session")
+def jwt_settings() -> JwtSettings:
+    return JwtSettings(
+        algorithm="HS256", key=secrets.token_urlsafe(48), issuer="interview-dev", audience="interview"
+    )
+
+
+@pytest.fixture(scope="session")
+def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_DATABASE_URL if set (any PostgreSQL), else an embedded server for this run."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        yield external
+        return
+    data_dir = tmp_path_factory.mktemp("embedded")
+    url = start_embedded(data_dir)
+    try:
+        yield url
+    finally:
+        stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_url: str) -> str:
+    """A database made for this run and migrated, so runs never see each other's rows."""
+    name = f"test_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, query = postgres_url.partition("?")
+    root = base.rsplit("/", 1)[0]
+    url = f"{root}/{name}" + (f"?{query}" if query else "")
+    await migrate(sqlalchemy_url(url), "session_service")
+    return url
+
+
+@pytest.fixture(scope="session")
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A plain asyncpg pool for asserting on database state."""
+    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
+    yield pool
+    await pool.close()
+
+
+def sqlalchemy_url(url: str) -> str:
+    return "postgresql+asyncpg://" + url.split("://", 1)[1]
+
+
+async def wait_serving(target: str) -> None:
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def serving() -> bool:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        await wait_for(serving, timeout=15, what=f"{target} to report SERVING")
+
+
+@pytest.fixture(scope="session")
+async def session_server(database_url: str, jwt_settings: JwtSettings) -> AsyncIterator[AppServer]:
+    url = sqlalchemy_url(database_url)
+    app = session_api.create_server(
+        session_config.Config(listen="127.0.0.1:0", database_url=url, jwt=jwt_settings, pool_size=10)
+    )
+    await app.start()
+    await wait_serving(f"127.0.0.1:{app.port}")
+    yield app
+    await app.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+async def session_channel(session_server: AppServer) -> AsyncIterator[grpc.aio.Channel]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{session_server.port}") as channel:
+        yield channel
+
+
+@pytest.fixture(scope="session")
+def sessions(session_channel: grpc.aio.Channel) -> sessions_pb2_grpc.SessionServiceStub:
+    return sessions_pb2_grpc.SessionServiceStub(session_channel)
+
+
+@pytest.fixture(scope="session")
+def as_user(jwt_settings: JwtSettings) -> Callable[[str], tuple[tuple[str, str], ...]]:
+    """Call metadata carrying a valid token for the given user id."""
+    return lambda user_id: user_metadata(jwt_settings, user_id)
+
+
+@pytest.fixture(scope="session")
+def as_service(jwt_settings: JwtSettings) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying a service token with role sessions.internal."""
+    return service_metadata(jwt_settings)
+
+
+@pytest.fixture(scope="session")
+def internal(session_channel: grpc.aio.Channel) -> sessions_pb2_grpc.SessionInternalServiceStub:
+    return sessions_pb2_grpc.SessionInternalServiceStub(session_channel)

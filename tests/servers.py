@@ -1,0 +1,65 @@
+"""Running a service as its own process, as `make run` and deployments do."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Mapping
+
+from tests.helpers import wait_for
+
+
+class ServiceProcess:
+    """`python -m <package>` with the given environment; learns its port from the ready log line."""
+
+    def __init__(self, package: str, env: Mapping[str, str]) -> None:
+        self.package = package
+        self.env = {**os.environ, **env}
+        self.process: asyncio.subprocess.Process | None = None
+        self.port = 0
+        self.log: list[str] = []
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> ServiceProcess:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", self.package, env=self.env, stderr=asyncio.subprocess.PIPE
+        )
+        self._reader = asyncio.create_task(self._read())
+
+        async def listening() -> bool:
+            assert self.process is not None
+            if self.process.returncode is not None:
+                raise AssertionError(f"{self.package} exited: {self.log[-5:]}")
+            return self.port != 0
+
+        await wait_for(listening, timeout=20, what=f"{self.package} to listen")
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        async for raw in self.process.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            self.log.append(line)
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if event.get("event") == "listening":
+                self.port = int(event["port"])
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        code = await asyncio.wait_for(self.process.wait(), timeout)
+        if self._reader is not None:
+            await self._reader
+        return code
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.kill()

@@ -1,0 +1,151 @@
+"""The service as a process: configuration errors, health, and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interview.sessions.v1 import sessions_pb2 as pb
+from interview.sessions.v1 import sessions_pb2_grpc
+
+from common.config import JwtSettings
+from session_service import api as session_api
+from session_service import config as session_config
+from tests.helpers import expect_error, new_id, user_metadata, wait_for
+from tests.servers import ServiceProcess
+
+GOOD_KEY = "k" * 40
+
+
+def _env(database_url: str, **overrides: str) -> dict[str, str]:
+    env = {
+        "SESSION_LISTEN": "127.0.0.1:0",
+        "SESSION_DATABASE_URL": database_url,
+        "JWT_KEY": GOOD_KEY,
+        "JWT_ALGORITHM": "HS256",
+    }
+    env.update(overrides)
+    return {key: value for key, value in env.items() if value != "<unset>"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("SESSION_DATABASE_URL", "<unset>"),
+        ("SESSION_DATABASE_URL", "mysql://db/sessions"),
+        ("JWT_KEY", "<unset>"),
+        ("JWT_KEY", "short"),
+        ("JWT_ALGORITHM", "none"),
+        ("SESSION_LISTEN", "localhost"),
+        ("SESSION_DB_POOL_SIZE", "zero"),
+    ],
+)
+def test_a_missing_or_invalid_setting_stops_start_up_with_one_line_naming_it(database_url, variable, value):
+    env = {key: val for key, val in _env(database_url, **{variable: value}).items()}
+    result = subprocess.run(
+        [sys.executable, "-m", "session_service"],
+        env={"PATH": "/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+async def test_health_is_not_serving_and_calls_are_unavailable_while_the_database_is_down(
+    jwt_settings: JwtSettings,
+):
+    unreachable = "postgresql+asyncpg://postgres@/postgres?host=/nonexistent-socket-dir"
+    app = session_api.create_server(
+        session_config.Config(listen="127.0.0.1:0", database_url=unreachable, jwt=jwt_settings, pool_size=2)
+    )
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+            stub = sessions_pb2_grpc.SessionServiceStub(channel)
+            error = await expect_error(
+                stub.GetSession(
+                    pb.GetSessionRequest(session_id=new_id()), metadata=user_metadata(jwt_settings, new_id())
+                ),
+                grpc.StatusCode.UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+            )
+            assert "postgres" not in error.message.lower()
+    finally:
+        await app.stop(grace=1)
+
+
+async def test_sigterm_lets_the_in_flight_call_finish_reports_not_serving_and_exits_zero(database_url, db):
+    owner = new_id()
+    env = _env(database_url)
+    server = await ServiceProcess("session_service", env).start()
+    settings = JwtSettings("HS256", GOOD_KEY, "interview-dev", "interview")
+    try:
+        async with grpc.aio.insecure_channel(server.target) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            await wait_for(
+                lambda: _is_serving(health), timeout=15, what="the service process to report SERVING"
+            )
+            watch = health.Watch(health_pb2.HealthCheckRequest())
+            assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
+            stub = sessions_pb2_grpc.SessionServiceStub(channel)
+            md = user_metadata(settings, owner)
+            created = await stub.CreateSession(pb.CreateSessionRequest(job_posting_id=new_id()), metadata=md)
+
+            # Hold the session's row lock so PauseSession is still in flight when SIGTERM arrives.
+            async with db.acquire() as conn, conn.transaction():
+                await conn.execute(
+                    "SELECT 1 FROM sessions.sessions WHERE session_id = $1 FOR UPDATE", created.session_id
+                )
+                pausing = asyncio.ensure_future(
+                    stub.PauseSession(pb.PauseSessionRequest(session_id=created.session_id), metadata=md)
+                )
+                await wait_for(
+                    lambda: _waiting_on_lock(db), timeout=10, what="PauseSession to wait on the row lock"
+                )
+                assert server.process is not None
+                server.process.send_signal(signal.SIGTERM)
+                assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+            paused = await pausing
+            assert paused.status == pb.SESSION_STATUS_PAUSED
+        assert await server.wait() == 0
+    finally:
+        server.kill()
+
+
+async def _is_serving(health: health_pb2_grpc.HealthStub) -> bool:
+    try:
+        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+    except grpc.aio.AioRpcError:
+        return False
+    return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def _waiting_on_lock(db) -> bool:
+    waiting = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    )
+    return waiting > 0
+
+
+def test_a_second_server_on_a_busy_port_fails_instead_of_sharing_it(session_server, database_url):
+    result = subprocess.run(
+        [sys.executable, "-m", "session_service"],
+        env={"PATH": "/usr/bin:/bin", **_env(database_url, SESSION_LISTEN=f"127.0.0.1:{session_server.port}")},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
