@@ -12,7 +12,7 @@ from typing import Any
 
 from common.errors import InvalidArgument
 
-_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 _MAC_BYTES = 16
@@ -54,7 +54,7 @@ class Fields:
         """A required UUID, returned in canonical lowercase form."""
         if not value:
             self.problems[name] = "is required"
-        elif not _UUID.match(value):
+        elif not _UUID.fullmatch(value):
             self.problems[name] = "must be a UUID"
         return value.lower()
 

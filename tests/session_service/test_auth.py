@@ -43,24 +43,31 @@ BAD_AUTHORIZATION = {
     "bare valid token without scheme": lambda s, sub, roles: signed(s, claims_for(s, sub, roles)),
     "garbage token": lambda s, sub, roles: "Bearer not-a-jwt",
     "three garbage segments": lambda s, sub, roles: "Bearer aaa.bbb.ccc",
-    "expired five minutes ago": lambda s, sub, roles: "Bearer "
-    + signed(s, claims_for(s, sub, roles, exp=int(time.time()) - 300)),
-    "signed with another key": lambda s, sub, roles: "Bearer "
-    + signed(s, claims_for(s, sub, roles), key="another-key-that-is-long-enough-for-hs256-0123456789"),
-    "wrong audience": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, sub, roles, aud="someone-else")),
+    "expired five minutes ago": lambda s, sub, roles: (
+        "Bearer " + signed(s, claims_for(s, sub, roles, exp=int(time.time()) - 300))
+    ),
+    "signed with another key": lambda s, sub, roles: (
+        "Bearer "
+        + signed(s, claims_for(s, sub, roles), key="another-key-that-is-long-enough-for-hs256-0123456789")
+    ),
+    "wrong audience": lambda s, sub, roles: (
+        "Bearer " + signed(s, claims_for(s, sub, roles, aud="someone-else"))
+    ),
     "wrong issuer": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, sub, roles, iss="evil-issuer")),
     "missing exp": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, sub, roles, exp=None)),
     "missing iss": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, sub, roles, iss=None)),
     "missing aud": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, sub, roles, aud=None)),
     "alg none": lambda s, sub, roles: "Bearer " + unsigned(claims_for(s, sub, roles)),
-    "alg none with a forged signature": lambda s, sub, roles: "Bearer "
-    + unsigned(claims_for(s, sub, roles))
-    + "c2lnbmF0dXJl",
-    "HS512 with the right key": lambda s, sub, roles: "Bearer "
-    + signed(s, claims_for(s, sub, roles), algorithm="HS512"),
+    "alg none with a forged signature": lambda s, sub, roles: (
+        "Bearer " + unsigned(claims_for(s, sub, roles)) + "c2lnbmF0dXJl"
+    ),
+    "HS512 with the right key": lambda s, sub, roles: (
+        "Bearer " + signed(s, claims_for(s, sub, roles), algorithm="HS512")
+    ),
     "subject is not a uuid": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, "alice", roles)),
-    "subject is an empty service name": lambda s, sub, roles: "Bearer "
-    + signed(s, claims_for(s, "service:", roles)),
+    "subject is an empty service name": lambda s, sub, roles: (
+        "Bearer " + signed(s, claims_for(s, "service:", roles))
+    ),
     "subject missing": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, None, roles)),
 }
 
@@ -117,7 +124,9 @@ async def test_a_rejected_token_changes_nothing(sessions, as_user, jwt_settings,
     authorization = as_metadata(BAD_AUTHORIZATION[case](jwt_settings, owner, None))
 
     await expect_error(
-        sessions.CompleteSession(pb.CompleteSessionRequest(session_id=created.session_id), metadata=authorization),
+        sessions.CompleteSession(
+            pb.CompleteSessionRequest(session_id=created.session_id), metadata=authorization
+        ),
         grpc.StatusCode.UNAUTHENTICATED,
         "UNAUTHENTICATED",
     )
@@ -150,7 +159,9 @@ async def test_the_sanity_baseline_tokens_built_here_are_accepted(sessions, inte
     )
     assert looked_up == created
     lowercase_scheme = as_metadata("bearer " + signed(jwt_settings, claims_for(jwt_settings, owner)))
-    got = await sessions.GetSession(pb.GetSessionRequest(session_id=created.session_id), metadata=lowercase_scheme)
+    got = await sessions.GetSession(
+        pb.GetSessionRequest(session_id=created.session_id), metadata=lowercase_scheme
+    )
     assert got == created
 
 
@@ -180,7 +191,9 @@ async def test_a_user_token_on_the_internal_service_is_permission_denied(session
         pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=new_id()), metadata=as_user(owner)
     )
     calls = [
-        internal.LookupSession(pb.LookupSessionRequest(session_id=created.session_id), metadata=as_user(owner)),
+        internal.LookupSession(
+            pb.LookupSessionRequest(session_id=created.session_id), metadata=as_user(owner)
+        ),
         internal.CompletePairedSession(
             pb.CompletePairedSessionRequest(session_id=created.session_id), metadata=as_user(owner)
         ),
@@ -206,7 +219,8 @@ async def test_a_user_token_claiming_the_internal_role_is_still_permission_denie
     token = mint(jwt_settings, jwt_settings.key, owner, 300, [INTERNAL_ROLE])
     error = await expect_error(
         internal.LookupSession(
-            pb.LookupSessionRequest(session_id=created.session_id), metadata=(("authorization", "Bearer " + token),)
+            pb.LookupSessionRequest(session_id=created.session_id),
+            metadata=(("authorization", "Bearer " + token),),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
@@ -241,7 +255,8 @@ async def test_a_service_token_without_any_roles_claim_is_permission_denied(
     token = mint(jwt_settings, jwt_settings.key, SERVICE_SUBJECT, 300)
     await expect_error(
         internal.LookupSession(
-            pb.LookupSessionRequest(session_id=created.session_id), metadata=(("authorization", "Bearer " + token),)
+            pb.LookupSessionRequest(session_id=created.session_id),
+            metadata=(("authorization", "Bearer " + token),),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
@@ -255,7 +270,9 @@ async def test_a_service_token_on_the_public_service_is_permission_denied(sessio
     )
     calls = [
         sessions.GetSession(pb.GetSessionRequest(session_id=created.session_id), metadata=as_service),
-        sessions.CompleteSession(pb.CompleteSessionRequest(session_id=created.session_id), metadata=as_service),
+        sessions.CompleteSession(
+            pb.CompleteSessionRequest(session_id=created.session_id), metadata=as_service
+        ),
         sessions.CreateSession(pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_service),
         sessions.ListSessions(pb.ListSessionsRequest(), metadata=as_service),
     ]
@@ -278,7 +295,9 @@ def call_for(rpc, sessions, session_id, caller_metadata):
     if rpc == "PauseSession":
         return sessions.PauseSession(pb.PauseSessionRequest(session_id=session_id), metadata=caller_metadata)
     if rpc == "ResumeSession":
-        return sessions.ResumeSession(pb.ResumeSessionRequest(session_id=session_id), metadata=caller_metadata)
+        return sessions.ResumeSession(
+            pb.ResumeSessionRequest(session_id=session_id), metadata=caller_metadata
+        )
     if rpc == "CompleteSession":
         return sessions.CompleteSession(
             pb.CompleteSessionRequest(session_id=session_id), metadata=caller_metadata
@@ -346,7 +365,9 @@ async def test_another_users_session_is_not_found(sessions, as_user, db, rpc):
     assert await db.fetchval("SELECT count(*) FROM sessions.messages WHERE session_id = $1", sid) == 1
     assert (
         await db.fetchval(
-            "SELECT count(*) FROM sessions.sessions WHERE user_id = $1 OR original_session_id = $2", stranger, sid
+            "SELECT count(*) FROM sessions.sessions WHERE user_id = $1 OR original_session_id = $2",
+            stranger,
+            sid,
         )
         == 0
     )
@@ -391,7 +412,10 @@ async def test_arguments_are_checked_before_visibility(sessions, as_user, db):
     malformed = sid[:-1] + "x"
 
     cases = [
-        (sessions.GetSession(pb.GetSessionRequest(session_id=malformed), metadata=as_user(stranger)), "session_id"),
+        (
+            sessions.GetSession(pb.GetSessionRequest(session_id=malformed), metadata=as_user(stranger)),
+            "session_id",
+        ),
         (
             sessions.AppendMessage(
                 pb.AppendMessageRequest(session_id=sid, role=pb.MESSAGE_ROLE_UNSPECIFIED, content="x"),
@@ -406,7 +430,9 @@ async def test_arguments_are_checked_before_visibility(sessions, as_user, db):
             "request_id",
         ),
         (
-            sessions.ListMessages(pb.ListMessagesRequest(session_id=sid, page_size=-1), metadata=as_user(stranger)),
+            sessions.ListMessages(
+                pb.ListMessagesRequest(session_id=sid, page_size=-1), metadata=as_user(stranger)
+            ),
             "page_size",
         ),
     ]
@@ -414,4 +440,6 @@ async def test_arguments_are_checked_before_visibility(sessions, as_user, db):
         error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
         assert error.domain == DOMAIN
         assert set(error.fields) == {field}
-    assert await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE original_session_id = $1", sid) == 0
+    assert (
+        await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE original_session_id = $1", sid) == 0
+    )

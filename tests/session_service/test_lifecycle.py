@@ -22,7 +22,9 @@ async def create(sessions, as_user, owner, partner="", request_id="", job_postin
 
 
 async def pause(sessions, as_user, caller, session_id):
-    return await sessions.PauseSession(pb.PauseSessionRequest(session_id=session_id), metadata=as_user(caller))
+    return await sessions.PauseSession(
+        pb.PauseSessionRequest(session_id=session_id), metadata=as_user(caller)
+    )
 
 
 async def resume(sessions, as_user, caller, session_id):
@@ -106,7 +108,9 @@ async def test_the_owner_and_the_partner_can_both_get_a_paired_session(sessions,
 async def test_the_owner_can_get_a_solo_session(sessions, as_user):
     owner = new_id()
     created = await create(sessions, as_user, owner)
-    got = await sessions.GetSession(pb.GetSessionRequest(session_id=created.session_id), metadata=as_user(owner))
+    got = await sessions.GetSession(
+        pb.GetSessionRequest(session_id=created.session_id), metadata=as_user(owner)
+    )
     assert got == created
 
 
@@ -129,7 +133,10 @@ async def test_the_same_request_id_sent_twice_returns_one_session(sessions, as_u
 async def test_the_same_request_id_sent_concurrently_returns_one_session(sessions, as_user, db, copies):
     owner, request_id, posting = new_id(), new_id(), new_id()
     results = await asyncio.gather(
-        *(create(sessions, as_user, owner, request_id=request_id, job_posting_id=posting) for _ in range(copies))
+        *(
+            create(sessions, as_user, owner, request_id=request_id, job_posting_id=posting)
+            for _ in range(copies)
+        )
     )
 
     assert {r.session_id for r in results} == {results[0].session_id}
@@ -324,7 +331,9 @@ async def test_a_transition_on_another_users_session_looks_like_a_missing_one(se
     missing_id = new_id()
 
     theirs = await expect_error(
-        action(sessions, as_user, stranger, created.session_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
+        action(sessions, as_user, stranger, created.session_id),
+        grpc.StatusCode.NOT_FOUND,
+        "SESSION_NOT_FOUND",
     )
     missing = await expect_error(
         action(sessions, as_user, stranger, missing_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
