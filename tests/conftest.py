@@ -6,7 +6,6 @@ import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
-from pathlib import Path
 
 import asyncpg
 import grpc
@@ -84,7 +83,7 @@ async def wait_serving(target: str) -> None:
                 return False
             return reply.status == health_pb2.HealthCheckResponse.SERVING
 
-        await wait_for(serving, timeout=15, what=f"{target} to report SERVING")
+        await wait_for(serving, within=15, what=f"{target} to report SERVING")
 
 
 @pytest.fixture(scope="session")

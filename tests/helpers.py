@@ -69,11 +69,11 @@ async def expect_error(call: Awaitable[object], code: grpc.StatusCode, reason: s
 
 
 async def wait_for(
-    condition: Callable[[], Awaitable[bool]], timeout: float, what: str, interval: float = 0.05
+    condition: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.05
 ) -> None:
-    """Polls `condition` until true; fails with `what` after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
+    """Polls `condition` until true; fails with `what` after `within` seconds."""
+    deadline = time.monotonic() + within
     while not await condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)

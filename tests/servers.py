@@ -34,7 +34,7 @@ class ServiceProcess:
                 raise AssertionError(f"{self.package} exited: {self.log[-5:]}")
             return self.port != 0
 
-        await wait_for(listening, timeout=20, what=f"{self.package} to listen")
+        await wait_for(listening, within=20, what=f"{self.package} to listen")
         return self
 
     async def _read(self) -> None:
@@ -53,9 +53,9 @@ class ServiceProcess:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def wait(self, timeout: float = 30) -> int:
+    async def wait(self, within: float = 30) -> int:
         assert self.process is not None
-        code = await asyncio.wait_for(self.process.wait(), timeout)
+        code = await asyncio.wait_for(self.process.wait(), within)
         if self._reader is not None:
             await self._reader
         return code

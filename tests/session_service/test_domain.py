@@ -34,7 +34,10 @@ def test_a_refused_transition_is_explained_by_the_first_failing_check(transition
 
 
 def test_completing_a_completed_paired_session_again_is_not_refused():
-    assert domain.transition_refusal(domain.COMPLETE_PAIRED, _session(domain.COMPLETED, PARTNER), "s1", None) is None
+    assert (
+        domain.transition_refusal(domain.COMPLETE_PAIRED, _session(domain.COMPLETED, PARTNER), "s1", None)
+        is None
+    )
 
 
 def test_an_allowed_transition_has_no_refusal_so_the_caller_retries_the_update():

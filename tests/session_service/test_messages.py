@@ -19,7 +19,9 @@ async def create(sessions, md, partner: str = "") -> pb.Session:
 
 
 async def append(sessions, md, session_id: str, role, content: str = "text", request_id: str = ""):
-    request = pb.AppendMessageRequest(session_id=session_id, role=role, content=content, request_id=request_id)
+    request = pb.AppendMessageRequest(
+        session_id=session_id, role=role, content=content, request_id=request_id
+    )
     return await sessions.AppendMessage(request, metadata=md)
 
 
@@ -191,7 +193,9 @@ async def test_append_by_a_non_participant_is_not_found(sessions, as_user, db, t
     ],
     ids=["unspecified role", "unknown role", "empty", "too long", "too long in code points", "NUL"],
 )
-async def test_append_with_a_bad_role_or_content_is_an_invalid_argument(sessions, as_user, db, role, content, field):
+async def test_append_with_a_bad_role_or_content_is_an_invalid_argument(
+    sessions, as_user, db, role, content, field
+):
     md = as_user(new_id())
     created = await create(sessions, md)
 
@@ -235,7 +239,25 @@ async def test_the_same_request_id_twice_returns_the_first_message_and_increment
     assert (await append(sessions, md, created.session_id, Q, "next", new_id())).question_number == 2
 
 
-async def test_concurrent_appends_with_one_request_id_make_one_message_and_one_increment(sessions, as_user, db):
+async def test_a_request_id_reused_on_another_session_returns_the_first_message_and_changes_nothing(
+    sessions, as_user, db
+):
+    md = as_user(new_id())
+    first_session, second_session = await create(sessions, md), await create(sessions, md)
+    request_id = new_id()
+
+    first = await append(sessions, md, first_session.session_id, Q, "first", request_id)
+    repeated = await append(sessions, md, second_session.session_id, Q, "elsewhere", request_id)
+
+    assert repeated == first
+    assert repeated.session_id == first_session.session_id
+    assert await message_count(db, second_session.session_id) == 0
+    assert (await get(sessions, md, second_session.session_id)).current_question_number == 0
+
+
+async def test_concurrent_appends_with_one_request_id_make_one_message_and_one_increment(
+    sessions, as_user, db
+):
     md = as_user(new_id())
     created = await create(sessions, md)
     request_id = new_id()
@@ -330,7 +352,9 @@ async def test_list_messages_is_byte_identical_before_and_after_completion(sessi
     before_all = await list_page(sessions, md, created.session_id, 200)
     before_pages = await walk(sessions, md, created.session_id, 3)
 
-    done = await sessions.CompleteSession(pb.CompleteSessionRequest(session_id=created.session_id), metadata=md)
+    done = await sessions.CompleteSession(
+        pb.CompleteSessionRequest(session_id=created.session_id), metadata=md
+    )
     assert done.status == pb.SESSION_STATUS_COMPLETED
 
     after_all = await list_page(sessions, md, created.session_id, 200)

@@ -82,11 +82,14 @@ async def test_retake_of_a_completed_original_starts_an_active_solo_session_in_i
     assert not taken.HasField("complete_time")
     assert taken.create_time.ToMicroseconds() >= original.complete_time.ToMicroseconds()
     # Read back as the owner: the stored session is what RetakeSession returned.
-    fetched = await sessions.GetSession(pb.GetSessionRequest(session_id=taken.session_id), metadata=as_user(owner))
+    fetched = await sessions.GetSession(
+        pb.GetSessionRequest(session_id=taken.session_id), metadata=as_user(owner)
+    )
     assert fetched == taken
     row = await db.fetchrow(
         "SELECT user_id::text, partner_user_id, job_posting_id::text, status, current_question_number, "
-        "retake_number, original_session_id::text, complete_time FROM sessions.sessions WHERE session_id = $1",
+        "retake_number, original_session_id::text, complete_time FROM sessions.sessions "
+        "WHERE session_id = $1",
         taken.session_id,
     )
     assert dict(row) == {
@@ -100,7 +103,9 @@ async def test_retake_of_a_completed_original_starts_an_active_solo_session_in_i
         "complete_time": None,
     }
     # The original itself is untouched by being retaken.
-    again = await sessions.GetSession(pb.GetSessionRequest(session_id=original.session_id), metadata=as_user(owner))
+    again = await sessions.GetSession(
+        pb.GetSessionRequest(session_id=original.session_id), metadata=as_user(owner)
+    )
     assert again == original
 
 
@@ -255,7 +260,9 @@ async def test_retake_by_a_non_participant_or_of_an_unknown_session_is_not_found
         ("VALID", "not-a-uuid", "request_id"),
     ],
 )
-async def test_retake_with_a_malformed_id_is_an_invalid_argument(sessions, as_user, session_id, request_id, field):
+async def test_retake_with_a_malformed_id_is_an_invalid_argument(
+    sessions, as_user, session_id, request_id, field
+):
     owner = new_id()
     if session_id == "VALID":
         session_id = (await completed_session(sessions, as_user(owner))).session_id
@@ -332,16 +339,21 @@ async def test_the_same_request_id_twice_returns_the_same_retake(sessions, as_us
     second = await retake(sessions, md, original.session_id, request_id)
 
     assert second == first
-    assert await db.fetchval(
-        "SELECT count(*) FROM sessions.sessions WHERE user_id = $1 AND request_id = $2", owner, request_id
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM sessions.sessions WHERE user_id = $1 AND request_id = $2", owner, request_id
+        )
+        == 1
+    )
     assert [r["retake_number"] for r in await chain_rows(db, original.session_id)] == [1, 2]
     # A fresh request_id is a new retake.
     third = await retake(sessions, md, original.session_id, new_id())
     assert third.retake_number == 3
 
 
-async def test_a_repeated_request_id_returns_the_first_retake_whatever_the_session_id_says(sessions, as_user, db):
+async def test_a_repeated_request_id_returns_the_first_retake_whatever_the_session_id_says(
+    sessions, as_user, db
+):
     owner = new_id()
     md = as_user(owner)
     first_source = await completed_session(sessions, md)

@@ -95,7 +95,7 @@ async def test_sigterm_lets_the_in_flight_call_finish_reports_not_serving_and_ex
         async with grpc.aio.insecure_channel(server.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             await wait_for(
-                lambda: _is_serving(health), timeout=15, what="the service process to report SERVING"
+                lambda: _is_serving(health), within=15, what="the service process to report SERVING"
             )
             watch = health.Watch(health_pb2.HealthCheckRequest())
             assert (await watch.read()).status == health_pb2.HealthCheckResponse.SERVING
@@ -112,7 +112,7 @@ async def test_sigterm_lets_the_in_flight_call_finish_reports_not_serving_and_ex
                     stub.PauseSession(pb.PauseSessionRequest(session_id=created.session_id), metadata=md)
                 )
                 await wait_for(
-                    lambda: _waiting_on_lock(db), timeout=10, what="PauseSession to wait on the row lock"
+                    lambda: _waiting_on_lock(db), within=10, what="PauseSession to wait on the row lock"
                 )
                 assert server.process is not None
                 server.process.send_signal(signal.SIGTERM)
@@ -134,7 +134,8 @@ async def _is_serving(health: health_pb2_grpc.HealthStub) -> bool:
 
 async def _waiting_on_lock(db) -> bool:
     waiting = await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+        "SELECT count(*) FROM pg_stat_activity "
+        "WHERE wait_event_type = 'Lock' AND datname = current_database()"
     )
     return waiting > 0
 
@@ -142,7 +143,10 @@ async def _waiting_on_lock(db) -> bool:
 def test_a_second_server_on_a_busy_port_fails_instead_of_sharing_it(session_server, database_url):
     result = subprocess.run(
         [sys.executable, "-m", "session_service"],
-        env={"PATH": "/usr/bin:/bin", **_env(database_url, SESSION_LISTEN=f"127.0.0.1:{session_server.port}")},
+        env={
+            "PATH": "/usr/bin:/bin",
+            **_env(database_url, SESSION_LISTEN=f"127.0.0.1:{session_server.port}"),
+        },
         capture_output=True,
         text=True,
         timeout=30,
