@@ -50,6 +50,22 @@ def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, str(default)).strip()
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise ConfigError(name, f"must be a positive number of seconds, got {raw!r}")
+    return value
+
+
+def target_address(env: Mapping[str, str], name: str, default: str) -> str:
+    """A host:port to dial (same shape as a listen address)."""
+    return listen_address(env, name, default)
+
+
 @dataclass(frozen=True)
 class JwtSettings:
     """How tokens are verified: one pinned algorithm, its key, the required issuer and audience."""

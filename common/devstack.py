@@ -1,7 +1,7 @@
 """`make run` and `make token`: the local stack on an embedded PostgreSQL, and dev tokens for it.
 
-    python -m common.devstack run
-    python -m common.devstack token --user <uuid>
+python -m common.devstack run
+python -m common.devstack token --user <uuid>
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Service:
 
 SERVICES = [
     Service("session_service", "SESSION_LISTEN", "127.0.0.1:50051", "SESSION_DATABASE_URL"),
+    Service("reputation_service", "REPUTATION_LISTEN", "127.0.0.1:50052", "REPUTATION_DATABASE_URL"),
 ]
 
 
@@ -67,6 +68,7 @@ def _with_defaults(env: dict[str, str]) -> dict[str, str]:
         env["JWT_KEY"] = _dev_key(_data_dir(env))
     for service in SERVICES:
         env[service.listen_variable] = listen_address(env, service.listen_variable, service.default_listen)
+    env.setdefault("SESSION_SERVICE_TARGET", env["SESSION_LISTEN"])
     return env
 
 

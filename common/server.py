@@ -173,6 +173,7 @@ class AppServer:
     health: Any
     service_names: list[str]
     probe: Callable[[], Awaitable[bool]]
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _monitor: asyncio.Task[None] | None = None
 
@@ -199,6 +200,8 @@ class AppServer:
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._monitor = asyncio.create_task(self._watch_database())
+        for begin in self.on_start:
+            await begin()
 
     async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
         """NOT_SERVING first, then let in-flight calls finish, then close what the service opened."""

@@ -11,11 +11,14 @@ import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.config import JwtSettings
 from common.db import migrate, start_embedded, stop_embedded
 from common.server import AppServer
+from reputation_service import api as reputation_api
+from reputation_service import config as reputation_config
 from session_service import api as session_api
 from session_service import config as session_config
 from tests.helpers import service_metadata, user_metadata, wait_for
@@ -57,6 +60,7 @@ async def database_url(postgres_url: str) -> str:
     root = base.rsplit("/", 1)[0]
     url = f"{root}/{name}" + (f"?{query}" if query else "")
     await migrate(sqlalchemy_url(url), "session_service")
+    await migrate(sqlalchemy_url(url), "reputation_service")
     return url
 
 
@@ -86,14 +90,20 @@ async def wait_serving(target: str) -> None:
         await wait_for(serving, within=15, what=f"{target} to report SERVING")
 
 
-@pytest.fixture(scope="session")
-async def session_server(database_url: str, jwt_settings: JwtSettings) -> AsyncIterator[AppServer]:
-    url = sqlalchemy_url(database_url)
+async def start_session_server(database_url: str, jwt_settings: JwtSettings, listen: str) -> AppServer:
     app = session_api.create_server(
-        session_config.Config(listen="127.0.0.1:0", database_url=url, jwt=jwt_settings, pool_size=10)
+        session_config.Config(
+            listen=listen, database_url=sqlalchemy_url(database_url), jwt=jwt_settings, pool_size=10
+        )
     )
     await app.start()
     await wait_serving(f"127.0.0.1:{app.port}")
+    return app
+
+
+@pytest.fixture(scope="session")
+async def session_server(database_url: str, jwt_settings: JwtSettings) -> AsyncIterator[AppServer]:
+    app = await start_session_server(database_url, jwt_settings, "127.0.0.1:0")
     yield app
     await app.stop(grace=1)
 
@@ -124,3 +134,46 @@ def as_service(jwt_settings: JwtSettings) -> tuple[tuple[str, str], ...]:
 @pytest.fixture(scope="session")
 def internal(session_channel: grpc.aio.Channel) -> sessions_pb2_grpc.SessionInternalServiceStub:
     return sessions_pb2_grpc.SessionInternalServiceStub(session_channel)
+
+
+def reputation_config_for(
+    database_url: str, jwt_settings: JwtSettings, session_target: str, **overrides: float
+) -> reputation_config.Config:
+    """A reputation service configured for tests: a fast relay with short leases and backoff."""
+    settings: dict[str, float] = {
+        "relay_interval": 0.1,
+        "outbox_lease": 2.0,
+        "relay_max_backoff": 0.5,
+        "session_service_timeout": 2.0,
+    }
+    settings.update(overrides)
+    return reputation_config.Config(
+        listen="127.0.0.1:0",
+        database_url=sqlalchemy_url(database_url),
+        jwt=jwt_settings,
+        session_service_target=session_target,
+        signing_key=jwt_settings.key,
+        pool_size=10,
+        **settings,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+async def reputation_server(
+    database_url: str, jwt_settings: JwtSettings, session_server: AppServer
+) -> AsyncIterator[AppServer]:
+    app = reputation_api.create_server(
+        reputation_config_for(database_url, jwt_settings, f"127.0.0.1:{session_server.port}")
+    )
+    await app.start()
+    await wait_serving(f"127.0.0.1:{app.port}")
+    yield app
+    await app.stop(grace=1)
+
+
+@pytest.fixture(scope="session")
+async def reputation(
+    reputation_server: AppServer,
+) -> AsyncIterator[reputation_pb2_grpc.ReputationServiceStub]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{reputation_server.port}") as channel:
+        yield reputation_pb2_grpc.ReputationServiceStub(channel)

@@ -1,0 +1,10 @@
+"""Start-up: `python -m reputation_service [serve|migrate]`."""
+
+import sys
+
+from common.server import main
+from reputation_service.api import create_server
+from reputation_service.config import load
+
+if __name__ == "__main__":
+    sys.exit(main("reputation_service", "REPUTATION_DATABASE_URL", load, create_server, sys.argv[1:]))

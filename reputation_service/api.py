@@ -1,0 +1,208 @@
+"""The reputation servicer: validate, consult the session service when needed, record, convert."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from grpc import aio
+from interview.reputation.v1 import reputation_pb2 as pb
+from interview.reputation.v1 import reputation_pb2_grpc as pb_grpc
+from interview.sessions.v1 import sessions_pb2 as sessions_pb
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common import auth
+from common.auth import TokenVerifier, current_user_id
+from common.db import create_engine, ping
+from common.fields import Fields, PageTokens
+from common.server import AppServer, ServiceBinding, build_server
+from reputation_service import domain, relay, store
+from reputation_service.config import Config
+from reputation_service.domain import SessionFacts
+from reputation_service.sessions_client import SessionsClient
+
+DOMAIN = "interview.reputation"
+STATUS_NUMBERS = {
+    domain.ACTIVE: sessions_pb.SESSION_STATUS_ACTIVE,
+    domain.PAUSED: sessions_pb.SESSION_STATUS_PAUSED,
+    domain.COMPLETED: sessions_pb.SESSION_STATUS_COMPLETED,
+}
+
+
+def _timestamp(moment: Any) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def confirmation_pb(state: store.ConfirmationState) -> pb.Confirmation:
+    return pb.Confirmation(
+        session_id=state.session.session_id,
+        confirmed_user_ids=state.confirmed_user_ids,
+        both_confirmed=state.both_confirmed,
+        reputation_awarded=state.awarded,
+        session_status=STATUS_NUMBERS[state.status],  # type: ignore[arg-type]
+        completion_pending=state.awarded and not state.delivered,
+    )
+
+
+def _is_request_conflict(error: sa_exc.IntegrityError) -> bool:
+    return "confirmations_request" in str(error.orig)
+
+
+class ReputationApi(pb_grpc.ReputationServiceServicer):
+    """ReputationService: participants confirm paired sessions; anyone reads reputations."""
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        db: AsyncEngine,
+        sessions: SessionsClient,
+        tokens: PageTokens,
+        config: Config,
+    ) -> None:
+        self._engine = engine
+        self._db = db
+        self._sessions = sessions
+        self._tokens = tokens
+        self._config = config
+
+    async def _state(self, session_id: str) -> store.ConfirmationState | None:
+        async with self._db.connect() as conn:
+            return await store.confirmation_state(conn, session_id)
+
+    async def _participant_view(
+        self, session_id: str, caller: str, known: store.ConfirmationState | None, for_confirming: bool
+    ) -> SessionFacts:
+        """The session as far as `caller` may act on it: from our own rows when we have them
+        (participants never change), otherwise from the session service."""
+        if known is None:
+            session = await self._sessions.lookup(session_id)
+            if session.status == domain.COMPLETED:
+                # A concurrent confirmation may have completed it since we looked: our rows are
+                # committed before any delivery, so a second look tells the two cases apart.
+                known = await self._state(session_id)
+        if known is not None:
+            session = known.session
+        refusal = domain.confirmation_refusal(session, caller, known is not None or not for_confirming)
+        if refusal is not None:
+            raise refusal
+        return session
+
+    async def ConfirmCompletion(
+        self, request: pb.ConfirmCompletionRequest, context: aio.ServicerContext
+    ) -> pb.Confirmation:
+        caller = current_user_id()
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        request_id = fields.optional_uuid("request_id", request.request_id)
+        fields.done()
+        if request_id is not None:
+            async with self._db.connect() as conn:
+                session_id = await store.session_of_request(conn, caller, request_id) or session_id
+        session = await self._participant_view(session_id, caller, await self._state(session_id), True)
+        try:
+            queued = await store.confirm(self._engine, session, caller, request_id, self._config.outbox_lease)
+        except sa_exc.IntegrityError as error:
+            if not _is_request_conflict(error):
+                raise
+            # A concurrent call with this request_id won; answer for its session.
+            async with self._db.connect() as conn:
+                session_id = await store.session_of_request(conn, caller, request_id or "") or session_id
+            queued = False
+        if queued:
+            await relay.deliver(self._db, self._sessions, session_id, 0, self._config.relay_max_backoff)
+        state = await self._state(session_id)
+        assert state is not None
+        return confirmation_pb(state)
+
+    async def GetConfirmation(
+        self, request: pb.GetConfirmationRequest, context: aio.ServicerContext
+    ) -> pb.Confirmation:
+        caller = current_user_id()
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        fields.done()
+        known = await self._state(session_id)
+        session = await self._participant_view(session_id, caller, known, False)
+        if known is not None:
+            return confirmation_pb(known)
+        return pb.Confirmation(session_id=session_id, session_status=STATUS_NUMBERS[session.status])  # type: ignore[arg-type]
+
+    async def GetReputation(
+        self, request: pb.GetReputationRequest, context: aio.ServicerContext
+    ) -> pb.Reputation:
+        fields = Fields()
+        user_id = fields.optional_uuid("user_id", request.user_id) or current_user_id()
+        fields.done()
+        async with self._db.connect() as conn:
+            row = await store.reputation(conn, user_id)
+        if row is None:
+            return pb.Reputation(user_id=user_id)
+        return pb.Reputation(
+            user_id=user_id,
+            score=row.score,
+            confirmed_sessions=row.confirmed_sessions,
+            update_time=_timestamp(row.update_time),
+        )
+
+    async def ListReputationEvents(
+        self, request: pb.ListReputationEventsRequest, context: aio.ServicerContext
+    ) -> pb.ListReputationEventsResponse:
+        caller = current_user_id()
+        fields = Fields()
+        user_id = fields.optional_uuid("user_id", request.user_id) or caller
+        limit = fields.page_size(request.page_size)
+        scope = f"events:{caller}:{user_id}"
+        cursor = fields.page_token(self._tokens, scope, request.page_token)
+        fields.done()
+        async with self._db.connect() as conn:
+            rows = await store.events(conn, user_id, cursor[0] if cursor else None, limit + 1)
+        token = self._tokens.encode(scope, [rows[limit - 1].seq]) if len(rows) > limit else ""
+        return pb.ListReputationEventsResponse(
+            events=[
+                pb.ReputationEvent(
+                    event_id=str(row.event_id),
+                    user_id=str(row.user_id),
+                    session_id=str(row.session_id),
+                    delta=row.delta,
+                    reason=row.reason,
+                    create_time=_timestamp(row.create_time),
+                )
+                for row in rows[:limit]
+            ],
+            next_page_token=token,
+        )
+
+
+def create_server(config: Config) -> AppServer:
+    """Everything the reputation service needs, wired, relay included; the caller starts it."""
+    engine = create_engine(config.database_url, config.pool_size, "reputation_service")
+    db = engine.execution_options(isolation_level="AUTOCOMMIT")
+    sessions = SessionsClient(
+        config.session_service_target, config.jwt, config.signing_key, config.session_service_timeout
+    )
+    outbox_relay = relay.Relay(
+        db, sessions, config.relay_interval, config.outbox_lease, config.relay_max_backoff
+    )
+    app = build_server(
+        config.listen,
+        DOMAIN,
+        TokenVerifier(config.jwt),
+        [
+            ServiceBinding(
+                pb_grpc.add_ReputationServiceServicer_to_server,
+                ReputationApi(engine, db, sessions, PageTokens(config.jwt.key.encode()), config),
+                pb.DESCRIPTOR.services_by_name["ReputationService"].full_name,
+                auth.USERS,
+            )
+        ],
+        probe=lambda: ping(engine),
+    )
+    app.on_start.append(outbox_relay.start)
+    # In-flight calls finish first (server.stop), then the relay finishes its current row.
+    app.on_stop.extend([outbox_relay.stop, sessions.close, engine.dispose])
+    return app

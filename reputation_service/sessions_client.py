@@ -1,0 +1,130 @@
+"""The reputation service's calls to SessionInternalService, with its own short-lived service token."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from interview.sessions.v1 import sessions_pb2 as pb
+from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
+
+from common.auth import INTERNAL_ROLE, mint
+from common.config import JwtSettings
+from common.errors import ServiceError, Unavailable
+from reputation_service import domain
+from reputation_service.domain import SessionFacts
+
+SERVICE_SUBJECT = "service:reputation"
+TOKEN_TTL_SECONDS = 120
+# A token is replaced this long before it expires, so no call carries one about to lapse.
+TOKEN_REFRESH_MARGIN_SECONDS = 30
+TRANSIENT = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
+# Reconnect quickly after an outage: the relay's own backoff decides how often to retry.
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+STATUSES = {
+    pb.SESSION_STATUS_ACTIVE: domain.ACTIVE,
+    pb.SESSION_STATUS_PAUSED: domain.PAUSED,
+    pb.SESSION_STATUS_COMPLETED: domain.COMPLETED,
+}
+
+
+class SessionsUnavailable(Unavailable):
+    reason = "SESSIONS_UNAVAILABLE"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("the session service did not answer; retry later", session_id=session_id)
+
+
+class PassedOn(ServiceError):
+    """An error of the session service, passed on with the same code and reason."""
+
+    def __init__(self, code: str, reason: str, message: str, metadata: dict[str, str]) -> None:
+        super().__init__(message, **metadata)
+        self.code = code
+        self.reason = reason
+
+
+def _passed_on(error: grpc.aio.AioRpcError, session_id: str) -> ServiceError:
+    if error.code() in TRANSIENT:
+        return SessionsUnavailable(session_id)
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            detail.Unpack(info)
+    if error.code() == grpc.StatusCode.NOT_FOUND:
+        return domain.SessionNotFound(session_id)
+    if info.reason and error.code() in (
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ):
+        return PassedOn(error.code().name, info.reason, error.details() or "", dict(info.metadata))
+    # Anything else (auth between services, a bug over there) is our internal error, not the caller's.
+    raise error
+
+
+def facts(session: pb.Session) -> SessionFacts:
+    return SessionFacts(
+        session_id=session.session_id,
+        user_id=session.user_id,
+        partner_user_id=session.partner_user_id or None,
+        status=STATUSES[session.status],
+    )
+
+
+class SessionsClient:
+    """LookupSession and CompletePairedSession, each with a deadline and a fresh service token."""
+
+    def __init__(self, target: str, jwt: JwtSettings, signing_key: str, timeout: float) -> None:
+        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+        self._stub = pb_grpc.SessionInternalServiceStub(self._channel)
+        self._jwt = jwt
+        self._signing_key = signing_key
+        self._timeout = timeout
+        self._token = ""
+        self._token_renew_at = 0.0
+
+    def _metadata(self) -> tuple[tuple[str, str]]:
+        now = time.monotonic()
+        if now >= self._token_renew_at:
+            self._token = mint(
+                self._jwt, self._signing_key, SERVICE_SUBJECT, TOKEN_TTL_SECONDS, [INTERNAL_ROLE]
+            )
+            self._token_renew_at = now + TOKEN_TTL_SECONDS - TOKEN_REFRESH_MARGIN_SECONDS
+        return (("authorization", f"Bearer {self._token}"),)
+
+    async def lookup(self, session_id: str) -> SessionFacts:
+        try:
+            session = await self._stub.LookupSession(
+                pb.LookupSessionRequest(session_id=session_id),
+                metadata=self._metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _passed_on(error, session_id) from None
+        return facts(session)
+
+    async def complete_paired(self, session_id: str) -> SessionFacts:
+        try:
+            session = await self._stub.CompletePairedSession(
+                pb.CompletePairedSessionRequest(session_id=session_id),
+                metadata=self._metadata(),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            raise _passed_on(error, session_id) from None
+        return facts(session)
+
+    async def close(self) -> None:
+        await self._channel.close()

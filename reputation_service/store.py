@@ -1,0 +1,234 @@
+"""Queries on the `reputation` schema: confirmations, the ledger and scores, and the outbox."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.engine import Row
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from reputation_service import domain
+from reputation_service.domain import SessionFacts
+
+_STATE = text(
+    """
+    SELECT p.session_id, p.user_id, p.partner_user_id, p.last_known_status, p.award_time,
+           o.deliver_time,
+           ARRAY(SELECT c.user_id::text FROM reputation.confirmations c
+                  WHERE c.session_id = p.session_id ORDER BY 1) AS confirmed_user_ids
+      FROM reputation.paired_sessions p
+      LEFT JOIN reputation.outbox o ON o.session_id = p.session_id
+     WHERE p.session_id = :session_id
+    """
+)
+_BY_REQUEST = text(
+    "SELECT session_id FROM reputation.confirmations WHERE user_id = :caller AND request_id = :request_id"
+)
+# Inserts the session's row or, if it exists, locks it: every confirmation of one session
+# runs through this row lock, so "both confirmed and not yet awarded" is decided by one writer.
+_LOCK_SESSION = text(
+    """
+    INSERT INTO reputation.paired_sessions (session_id, user_id, partner_user_id, last_known_status)
+    VALUES (:session_id, :user_id, :partner_user_id, :status)
+    ON CONFLICT (session_id) DO UPDATE
+       SET last_known_status = CASE WHEN paired_sessions.last_known_status = 'completed'
+                                    THEN 'completed' ELSE EXCLUDED.last_known_status END
+    RETURNING award_time
+    """
+)
+_CONFIRM = text(
+    """
+    WITH added AS (
+        INSERT INTO reputation.confirmations (session_id, user_id, request_id)
+        VALUES (:session_id, :caller, :request_id)
+        ON CONFLICT (session_id, user_id) DO NOTHING
+        RETURNING user_id
+    )
+    SELECT user_id FROM reputation.confirmations WHERE session_id = :session_id
+    UNION SELECT user_id FROM added
+    """
+)
+# Ledger events are unique per (session, user) and scores move only with events that were
+# really inserted; scores are upserted in user-id order so two awards never deadlock.
+_AWARD = text(
+    f"""
+    WITH events AS (
+        INSERT INTO reputation.events (event_id, user_id, session_id, delta, reason)
+        VALUES (:first_event, :first_user, :session_id, {domain.AWARD_DELTA}, '{domain.AWARD_REASON}'),
+               (:second_event, :second_user, :session_id, {domain.AWARD_DELTA}, '{domain.AWARD_REASON}')
+        ON CONFLICT (session_id, user_id) DO NOTHING
+        RETURNING user_id, delta
+    ), scored AS (
+        INSERT INTO reputation.scores (user_id, score, confirmed_sessions, update_time)
+        SELECT user_id, delta, 1, now() FROM events ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE
+           SET score = scores.score + EXCLUDED.score,
+               confirmed_sessions = scores.confirmed_sessions + 1,
+               update_time = now()
+        RETURNING 1
+    ), queued AS (
+        INSERT INTO reputation.outbox (session_id, next_attempt_time)
+        VALUES (:session_id, now() + make_interval(secs => :lease))
+        ON CONFLICT (session_id) DO NOTHING
+        RETURNING 1
+    )
+    UPDATE reputation.paired_sessions SET award_time = now()
+     WHERE session_id = :session_id AND award_time IS NULL
+    RETURNING (SELECT count(*) FROM scored) AS scored, (SELECT count(*) FROM queued) AS queued
+    """
+)
+_DELIVERED = text(
+    """
+    WITH done AS (
+        UPDATE reputation.outbox SET deliver_time = now(), last_error = NULL
+         WHERE session_id = :session_id AND deliver_time IS NULL
+        RETURNING session_id
+    )
+    UPDATE reputation.paired_sessions SET last_known_status = 'completed'
+     WHERE session_id IN (SELECT session_id FROM done)
+    """
+)
+_POSTPONE = text(
+    """
+    UPDATE reputation.outbox
+       SET attempts = attempts + 1, last_error = :error,
+           next_attempt_time = now() + make_interval(secs => :delay)
+     WHERE session_id = :session_id AND deliver_time IS NULL
+    """
+)
+# Claims due rows by pushing their next attempt a lease into the future and committing at
+# once: no transaction stays open across the remote call, SKIP LOCKED keeps replicas apart,
+# and a replica that dies mid-delivery only delays the row until its lease runs out.
+_CLAIM = text(
+    """
+    UPDATE reputation.outbox SET next_attempt_time = now() + make_interval(secs => :lease)
+     WHERE session_id IN (
+           SELECT session_id FROM reputation.outbox
+            WHERE deliver_time IS NULL AND next_attempt_time <= now()
+            ORDER BY next_attempt_time
+            LIMIT :limit
+              FOR UPDATE SKIP LOCKED)
+    RETURNING session_id, attempts
+    """
+)
+_BACKLOG = text(
+    "SELECT count(*) AS rows, min(create_time) AS oldest FROM reputation.outbox WHERE deliver_time IS NULL"
+)
+_REPUTATION = text(
+    "SELECT score, confirmed_sessions, update_time FROM reputation.scores WHERE user_id = :user_id"
+)
+_EVENT_COLUMNS = "event_id, user_id, session_id, delta, reason, create_time, seq"
+_EVENTS_FIRST = text(
+    f"SELECT {_EVENT_COLUMNS} FROM reputation.events WHERE user_id = :user_id ORDER BY seq DESC LIMIT :limit"
+)
+_EVENTS_AFTER = text(
+    f"SELECT {_EVENT_COLUMNS} FROM reputation.events WHERE user_id = :user_id AND seq < :before "
+    "ORDER BY seq DESC LIMIT :limit"
+)
+
+
+@dataclass(frozen=True)
+class ConfirmationState:
+    """Everything a Confirmation reply says about one session."""
+
+    session: SessionFacts
+    confirmed_user_ids: list[str]
+    awarded: bool
+    delivered: bool
+
+    @property
+    def both_confirmed(self) -> bool:
+        return len(self.confirmed_user_ids) == 2
+
+    @property
+    def status(self) -> str:
+        return domain.COMPLETED if self.delivered else self.session.status
+
+
+def _state(row: Row[Any]) -> ConfirmationState:
+    return ConfirmationState(
+        session=SessionFacts(
+            session_id=str(row.session_id),
+            user_id=str(row.user_id),
+            partner_user_id=str(row.partner_user_id),
+            status=row.last_known_status,
+        ),
+        confirmed_user_ids=list(row.confirmed_user_ids),
+        awarded=row.award_time is not None,
+        delivered=row.deliver_time is not None,
+    )
+
+
+async def confirmation_state(conn: AsyncConnection, session_id: str) -> ConfirmationState | None:
+    row = (await conn.execute(_STATE, {"session_id": session_id})).first()
+    return _state(row) if row is not None else None
+
+
+async def session_of_request(conn: AsyncConnection, caller: str, request_id: str) -> str | None:
+    row = (await conn.execute(_BY_REQUEST, {"caller": caller, "request_id": request_id})).first()
+    return str(row.session_id) if row is not None else None
+
+
+async def confirm(
+    engine: AsyncEngine, session: SessionFacts, caller: str, request_id: str | None, lease: float
+) -> bool:
+    """Records `caller`'s confirmation in one transaction; on the second participant's, writes
+    both awards and the outbox row. True when this call queued the completion (and so holds
+    the outbox row's lease and should deliver it now)."""
+    async with engine.begin() as conn:
+        params = {
+            "session_id": session.session_id,
+            "user_id": session.user_id,
+            "partner_user_id": session.partner_user_id,
+            "status": session.status,
+            "caller": caller,
+            "request_id": request_id,
+        }
+        award_time = (await conn.execute(_LOCK_SESSION, params)).scalar_one()
+        confirmed = {str(user_id) for (user_id,) in await conn.execute(_CONFIRM, params)}
+        if award_time is not None or len(confirmed) < 2:
+            return False
+        first, second = sorted(confirmed)
+        awarded = (
+            await conn.execute(
+                _AWARD,
+                {
+                    "session_id": session.session_id,
+                    "first_event": str(uuid.uuid4()),
+                    "first_user": first,
+                    "second_event": str(uuid.uuid4()),
+                    "second_user": second,
+                    "lease": lease,
+                },
+            )
+        ).first()
+        return awarded is not None and awarded.queued == 1
+
+
+async def mark_delivered(conn: AsyncConnection, session_id: str) -> None:
+    await conn.execute(_DELIVERED, {"session_id": session_id})
+
+
+async def postpone(conn: AsyncConnection, session_id: str, error: str, delay: float) -> None:
+    await conn.execute(_POSTPONE, {"session_id": session_id, "error": error[:500], "delay": delay})
+
+
+async def claim_due(conn: AsyncConnection, limit: int, lease: float) -> list[tuple[str, int]]:
+    rows = await conn.execute(_CLAIM, {"limit": limit, "lease": lease})
+    return [(str(row.session_id), row.attempts) for row in rows]
+
+
+async def outbox_backlog(conn: AsyncConnection) -> Row[Any]:
+    return (await conn.execute(_BACKLOG)).one()
+
+
+async def reputation(conn: AsyncConnection, user_id: str) -> Row[Any] | None:
+    return (await conn.execute(_REPUTATION, {"user_id": user_id})).first()
+
+
+async def events(conn: AsyncConnection, user_id: str, before_seq: int | None, limit: int) -> list[Row[Any]]:
+    params = {"user_id": user_id, "before": before_seq, "limit": limit}
+    return list(await conn.execute(_EVENTS_FIRST if before_seq is None else _EVENTS_AFTER, params))
