@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: run test gen token bench lint proto-baseline
+.PHONY: run test gen token
 
 $(READY): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,3 @@ gen: $(READY)
 # USER=<uuid> on the command line; the CLI rejects anything that is not a UUID.
 token: $(READY)
 	@$(BIN)/python -m common.devstack token --user "$(USER)"
-
-bench: $(READY)
-	$(BIN)/python -m bench
