@@ -9,7 +9,6 @@ from grpc import aio
 from interview.reputation.v1 import reputation_pb2 as pb
 from interview.reputation.v1 import reputation_pb2_grpc as pb_grpc
 from interview.sessions.v1 import sessions_pb2 as sessions_pb
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import auth
@@ -47,10 +46,6 @@ def confirmation_pb(state: store.ConfirmationState) -> pb.Confirmation:
         session_status=STATUS_NUMBERS[state.status],  # type: ignore[arg-type]
         completion_pending=state.awarded and not state.delivered,
     )
-
-
-def _is_request_conflict(error: sa_exc.IntegrityError) -> bool:
-    return "confirmations_request" in str(error.orig)
 
 
 class ReputationApi(pb_grpc.ReputationServiceServicer):
@@ -104,15 +99,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
             async with self._db.connect() as conn:
                 session_id = await store.session_of_request(conn, caller, request_id) or session_id
         session = await self._participant_view(session_id, caller, await self._state(session_id), True)
-        try:
-            queued = await store.confirm(self._engine, session, caller, request_id, self._config.outbox_lease)
-        except sa_exc.IntegrityError as error:
-            if not _is_request_conflict(error):
-                raise
-            # A concurrent call with this request_id won; answer for its session.
-            async with self._db.connect() as conn:
-                session_id = await store.session_of_request(conn, caller, request_id or "") or session_id
-            queued = False
+        queued = await store.confirm(self._engine, session, caller, request_id, self._config.outbox_lease)
         if queued:
             await relay.deliver(self._db, self._sessions, session_id, 0, self._config.relay_max_backoff)
         state = await self._state(session_id)

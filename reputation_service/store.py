@@ -25,7 +25,12 @@ _STATE = text(
     """
 )
 _BY_REQUEST = text(
-    "SELECT session_id FROM reputation.confirmations WHERE user_id = :caller AND request_id = :request_id"
+    "SELECT session_id FROM reputation.confirmation_requests "
+    "WHERE user_id = :caller AND request_id = :request_id"
+)
+_REMEMBER_REQUEST = text(
+    "INSERT INTO reputation.confirmation_requests (user_id, request_id, session_id) "
+    "VALUES (:caller, :request_id, :session_id) ON CONFLICT (user_id, request_id) DO NOTHING"
 )
 # Inserts the session's row or, if it exists, locks it: every confirmation of one session
 # runs through this row lock, so "both confirmed and not yet awarded" is decided by one writer.
@@ -42,8 +47,8 @@ _LOCK_SESSION = text(
 _CONFIRM = text(
     """
     WITH added AS (
-        INSERT INTO reputation.confirmations (session_id, user_id, request_id)
-        VALUES (:session_id, :caller, :request_id)
+        INSERT INTO reputation.confirmations (session_id, user_id)
+        VALUES (:session_id, :caller)
         ON CONFLICT (session_id, user_id) DO NOTHING
         RETURNING user_id
     )
@@ -188,6 +193,8 @@ async def confirm(
             "request_id": request_id,
         }
         award_time = (await conn.execute(_LOCK_SESSION, params)).scalar_one()
+        if request_id is not None:
+            await conn.execute(_REMEMBER_REQUEST, params)
         confirmed = {str(user_id) for (user_id,) in await conn.execute(_CONFIRM, params)}
         if award_time is not None or len(confirmed) < 2:
             return False

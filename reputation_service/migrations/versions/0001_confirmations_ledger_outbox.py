@@ -33,15 +33,23 @@ def upgrade() -> None:
         CREATE TABLE reputation.confirmations (
             session_id uuid NOT NULL REFERENCES reputation.paired_sessions (session_id),
             user_id uuid NOT NULL,
-            request_id uuid,
             create_time timestamptz NOT NULL DEFAULT now(),
             PRIMARY KEY (session_id, user_id)
         )
         """
     )
+    # Every ConfirmCompletion that carried a request_id, first or repeat: a retry with the same
+    # request_id answers for this session whatever session_id it names.
     op.execute(
-        "CREATE UNIQUE INDEX confirmations_request ON reputation.confirmations (user_id, request_id) "
-        "WHERE request_id IS NOT NULL"
+        """
+        CREATE TABLE reputation.confirmation_requests (
+            user_id uuid NOT NULL,
+            request_id uuid NOT NULL,
+            session_id uuid NOT NULL REFERENCES reputation.paired_sessions (session_id),
+            create_time timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (user_id, request_id)
+        )
+        """
     )
     # The ledger: an award can only happen once per session and user.
     op.execute(
@@ -87,5 +95,5 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("outbox", "scores", "events", "confirmations", "paired_sessions"):
+    for table in ("outbox", "scores", "events", "confirmation_requests", "confirmations", "paired_sessions"):
         op.execute(f"DROP TABLE reputation.{table}")

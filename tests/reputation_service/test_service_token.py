@@ -1,0 +1,129 @@
+"""Service-to-service auth: user tokens stay out of SessionInternalService, and the reputation
+service's own short-lived token is what the session service accepts."""
+
+import grpc
+import jwt
+import pytest
+from interview.sessions.v1 import sessions_pb2 as pb
+
+from common.auth import mint
+from reputation_service import domain
+from reputation_service.sessions_client import SessionsClient
+from tests.helpers import expect_error, new_id
+
+SESSIONS_DOMAIN = "interview.sessions"
+OTHER_KEY = "another-signing-key-that-is-long-enough-for-hs256-0123456789"
+
+
+def user_token(settings, user_id, roles=None):
+    return (("authorization", "Bearer " + mint(settings, settings.key, user_id, 300, roles)),)
+
+
+async def create_paired(sessions, as_user, owner, partner):
+    return await sessions.CreateSession(
+        pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=partner), metadata=as_user(owner)
+    )
+
+
+INTERNAL_CALLS = {
+    "LookupSession": lambda sid: pb.LookupSessionRequest(session_id=sid),
+    "CompletePairedSession": lambda sid: pb.CompletePairedSessionRequest(session_id=sid),
+    "ReleaseJobPosting": lambda sid: pb.ReleaseJobPostingRequest(job_posting_id=new_id()),
+}
+
+
+@pytest.mark.parametrize(
+    "roles", [None, ["sessions.internal"], ["sessions.internal", "admin"]], ids=["no roles", "role", "roles"]
+)
+@pytest.mark.parametrize("rpc", list(INTERNAL_CALLS))
+async def test_a_user_token_cannot_call_the_internal_service_even_claiming_the_role(
+    sessions, internal, as_user, jwt_settings, db, rpc, roles
+):
+    owner, partner = new_id(), new_id()
+    created = await create_paired(sessions, as_user, owner, partner)
+
+    error = await expect_error(
+        getattr(internal, rpc)(
+            INTERNAL_CALLS[rpc](created.session_id), metadata=user_token(jwt_settings, owner, roles)
+        ),
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+    )
+
+    assert error.domain == SESSIONS_DOMAIN
+    row = await db.fetchrow("SELECT status FROM sessions.sessions WHERE session_id = $1", created.session_id)
+    assert row["status"] == "active"
+
+
+@pytest.fixture
+async def sessions_client(session_server, jwt_settings):
+    client = SessionsClient(f"127.0.0.1:{session_server.port}", jwt_settings, jwt_settings.key, 2.0)
+    yield client
+    await client.close()
+
+
+async def test_the_reputation_services_token_is_a_short_lived_internal_service_token(
+    sessions_client, jwt_settings
+):
+    ((key, value),) = sessions_client._metadata()
+    assert key == "authorization"
+    scheme, _, token = value.partition(" ")
+    assert scheme == "Bearer"
+
+    header = jwt.get_unverified_header(token)
+    claims = jwt.decode(
+        token,
+        jwt_settings.key,
+        algorithms=[jwt_settings.algorithm],
+        audience=jwt_settings.audience,
+        issuer=jwt_settings.issuer,
+        options={"require": ["exp", "iat", "iss", "aud", "sub"]},
+    )
+
+    assert header["alg"] == jwt_settings.algorithm
+    assert claims["sub"] == "service:reputation"
+    assert claims["roles"] == ["sessions.internal"]
+    assert claims["iss"] == jwt_settings.issuer
+    assert claims["aud"] == jwt_settings.audience
+    assert 0 < claims["exp"] - claims["iat"] <= 120
+
+
+async def test_the_reputation_services_client_can_look_up_any_session(sessions_client, sessions, as_user):
+    owner, partner = new_id(), new_id()
+    created = await create_paired(sessions, as_user, owner, partner)
+
+    found = await sessions_client.lookup(created.session_id)
+
+    assert found.session_id == created.session_id
+    assert found.user_id == owner
+    assert found.partner_user_id == partner
+    assert found.status == domain.ACTIVE
+
+
+async def test_the_reputation_services_client_gets_session_not_found_for_an_unknown_session(sessions_client):
+    missing = new_id()
+
+    with pytest.raises(domain.SessionNotFound) as raised:
+        await sessions_client.lookup(missing)
+
+    assert raised.value.metadata == {"session_id": missing}
+
+
+async def test_a_client_signing_with_another_key_is_rejected_as_unauthenticated(
+    session_server, sessions, as_user, jwt_settings, db
+):
+    owner, partner = new_id(), new_id()
+    created = await create_paired(sessions, as_user, owner, partner)
+    client = SessionsClient(f"127.0.0.1:{session_server.port}", jwt_settings, OTHER_KEY, 2.0)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as lookup:
+            await client.lookup(created.session_id)
+        with pytest.raises(grpc.aio.AioRpcError) as complete:
+            await client.complete_paired(created.session_id)
+    finally:
+        await client.close()
+
+    assert lookup.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert complete.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    row = await db.fetchrow("SELECT status FROM sessions.sessions WHERE session_id = $1", created.session_id)
+    assert row["status"] == "active"
