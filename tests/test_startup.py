@@ -1,0 +1,116 @@
+"""Both services at start-up: bad settings, and health while the database is down."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from interview.reputation.v1 import reputation_pb2 as rpb
+from interview.reputation.v1 import reputation_pb2_grpc
+from interview.sessions.v1 import sessions_pb2 as pb
+from interview.sessions.v1 import sessions_pb2_grpc
+
+from common.config import JwtSettings
+from reputation_service import api as reputation_api
+from session_service import api as session_api
+from session_service import config as session_config
+from tests.conftest import reputation_config_for
+from tests.helpers import expect_error, new_id, user_metadata
+
+UNREACHABLE_DB = "postgresql://postgres@/postgres?host=/nonexistent-socket-dir"
+BASE = {"JWT_KEY": "k" * 40, "JWT_ALGORITHM": "HS256", "PATH": "/usr/bin:/bin"}
+SESSION_ENV = {**BASE, "SESSION_LISTEN": "127.0.0.1:0", "SESSION_DATABASE_URL": UNREACHABLE_DB}
+REPUTATION_ENV = {**BASE, "REPUTATION_LISTEN": "127.0.0.1:0", "REPUTATION_DATABASE_URL": UNREACHABLE_DB}
+UNSET = None
+
+
+@pytest.mark.parametrize(
+    ("package", "env", "variable", "value"),
+    [
+        ("session_service", SESSION_ENV, "SESSION_DATABASE_URL", UNSET),
+        ("session_service", SESSION_ENV, "SESSION_DATABASE_URL", "mysql://db/sessions"),
+        ("session_service", SESSION_ENV, "JWT_KEY", UNSET),
+        ("session_service", SESSION_ENV, "JWT_KEY", "short"),
+        ("session_service", SESSION_ENV, "JWT_ALGORITHM", "none"),
+        ("session_service", SESSION_ENV, "SESSION_LISTEN", "localhost"),
+        ("session_service", SESSION_ENV, "SESSION_DB_POOL_SIZE", "zero"),
+        ("reputation_service", REPUTATION_ENV, "REPUTATION_DATABASE_URL", UNSET),
+        ("reputation_service", REPUTATION_ENV, "REPUTATION_LISTEN", "127.0.0.1:99999"),
+        ("reputation_service", REPUTATION_ENV, "SESSION_SERVICE_TARGET", "no-port"),
+        ("reputation_service", REPUTATION_ENV, "JWT_KEY", UNSET),
+        ("reputation_service", {**REPUTATION_ENV, "JWT_ALGORITHM": "RS256"}, "JWT_KEY", "not a pem"),
+        ("reputation_service", REPUTATION_ENV, "OUTBOX_LEASE_SECONDS", "-1"),
+        ("reputation_service", REPUTATION_ENV, "RELAY_MAX_BACKOFF_SECONDS", "soon"),
+    ],
+)
+def test_a_missing_or_invalid_setting_stops_start_up_with_one_line_naming_it(package, env, variable, value):
+    env = {key: val for key, val in env.items() if key != variable}
+    if value is not UNSET:
+        env[variable] = value
+    result = subprocess.run(
+        [sys.executable, "-m", package], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert variable in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_the_reputation_service_needs_a_private_signing_key_for_asymmetric_tokens():
+    public_pem = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA\n-----END PUBLIC KEY-----\n"
+    env = {**REPUTATION_ENV, "JWT_ALGORITHM": "EdDSA", "JWT_KEY": public_pem}
+    result = subprocess.run(
+        [sys.executable, "-m", "reputation_service"], env=env, capture_output=True, text=True, timeout=30
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().startswith("configuration error: SERVICE_SIGNING_KEY")
+
+
+async def _health(port: int) -> int:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+        return reply.status
+
+
+async def test_the_session_service_is_not_serving_and_unavailable_while_its_database_is_down(
+    jwt_settings: JwtSettings,
+):
+    unreachable = "postgresql+asyncpg://" + UNREACHABLE_DB.split("://", 1)[1]
+    app = session_api.create_server(
+        session_config.Config(listen="127.0.0.1:0", database_url=unreachable, jwt=jwt_settings, pool_size=2)
+    )
+    await app.start()
+    try:
+        assert await _health(app.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            call = sessions_pb2_grpc.SessionServiceStub(channel).GetSession(
+                pb.GetSessionRequest(session_id=new_id()), metadata=user_metadata(jwt_settings, new_id())
+            )
+            error = await expect_error(call, grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+            assert error.domain == "interview.sessions"
+            assert "postgres" not in error.message.lower()
+    finally:
+        await app.stop(grace=1)
+
+
+async def test_the_reputation_service_is_not_serving_and_unavailable_while_its_database_is_down(
+    jwt_settings: JwtSettings, session_server
+):
+    app = reputation_api.create_server(
+        reputation_config_for(UNREACHABLE_DB, jwt_settings, f"127.0.0.1:{session_server.port}")
+    )
+    await app.start()
+    try:
+        assert await _health(app.port) == health_pb2.HealthCheckResponse.NOT_SERVING
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            call = reputation_pb2_grpc.ReputationServiceStub(channel).GetReputation(
+                rpb.GetReputationRequest(), metadata=user_metadata(jwt_settings, new_id())
+            )
+            error = await expect_error(call, grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
+            assert error.domain == "interview.reputation"
+    finally:
+        await app.stop(grace=1)
