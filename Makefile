@@ -18,6 +18,7 @@ run: $(READY)
 
 test: $(READY)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # GEN_OUT lets the freshness test generate into a scratch folder with the same recipe.

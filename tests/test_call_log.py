@@ -15,9 +15,7 @@ async def test_each_call_logs_method_code_and_duration_and_never_the_token(sessi
     caplog.set_level(logging.INFO, logger="rpc")
     metadata = as_user(new_id())
     token = metadata[0][1].split(" ", 1)[1]
-    await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id()), metadata=metadata
-    )
+    await sessions.CreateSession(pb.CreateSessionRequest(job_posting_id=new_id()), metadata=metadata)
     await expect_error(
         sessions.GetSession(pb.GetSessionRequest(session_id=new_id()), metadata=metadata),
         grpc.StatusCode.NOT_FOUND,
