@@ -37,6 +37,15 @@ class NotFound(ServiceError):
     code = "NOT_FOUND"
 
 
+class SessionNotFound(NotFound):
+    """No such session, or the caller does not participate in it: existence is never leaked."""
+
+    reason = "SESSION_NOT_FOUND"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("session not found", session_id=session_id)
+
+
 class FailedPrecondition(ServiceError):
     code = "FAILED_PRECONDITION"
 

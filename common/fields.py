@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import re
+from collections.abc import Callable
 from typing import Any
 
 from common.errors import InvalidArgument
@@ -31,6 +32,10 @@ class PageTokens:
         payload = json.dumps(cursor, separators=(",", ":")).encode()
         raw = self._mac(scope, payload) + payload
         return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    def next_token(self, scope: str, rows: list[Any], limit: int, cursor: Callable[[Any], list[Any]]) -> str:
+        """The token for the page after `rows` (fetched with limit + 1), or "" on the last page."""
+        return self.encode(scope, cursor(rows[limit - 1])) if len(rows) > limit else ""
 
     def decode(self, scope: str, token: str) -> list[Any] | None:
         try:

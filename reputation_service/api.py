@@ -148,7 +148,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         fields.done()
         async with self._db.connect() as conn:
             rows = await store.events(conn, user_id, cursor[0] if cursor else None, limit + 1)
-        token = self._tokens.encode(scope, [rows[limit - 1].seq]) if len(rows) > limit else ""
+        token = self._tokens.next_token(scope, rows, limit, lambda last: [last.seq])
         return pb.ListReputationEventsResponse(
             events=[
                 pb.ReputationEvent(

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import FailedPrecondition, NotFound, ServiceError
+from common.errors import FailedPrecondition, ServiceError, SessionNotFound
 
 ACTIVE, PAUSED, COMPLETED = "active", "paused", "completed"
 AWARD_DELTA = 1
 AWARD_REASON = "MUTUAL_CONFIRMATION"
-
-
-class SessionNotFound(NotFound):
-    reason = "SESSION_NOT_FOUND"
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__("session not found", session_id=session_id)
 
 
 class NotAPairedSession(FailedPrecondition):

@@ -119,10 +119,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         after = (store.from_micros(cursor[0]), cursor[1]) if cursor else None
         async with self._db.connect() as conn:
             rows = await store.list_sessions(conn, caller, status, after, limit + 1)
-        token = ""
-        if len(rows) > limit:
-            last = rows[limit - 1]
-            token = self._tokens.encode(scope, [store.micros(last.create_time), str(last.session_id)])
+        token = self._tokens.next_token(
+            scope, rows, limit, lambda last: [store.micros(last.create_time), str(last.session_id)]
+        )
         return pb.ListSessionsResponse(sessions=[session_pb(r) for r in rows[:limit]], next_page_token=token)
 
     async def _transition(self, request: Any, transition: Transition) -> pb.Session:
@@ -192,7 +191,7 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         async with self._db.connect() as conn:
             await store.get_session(conn, session_id, caller)
             rows = await store.list_messages(conn, session_id, cursor[0] if cursor else None, limit + 1)
-        token = self._tokens.encode(scope, [rows[limit - 1].seq]) if len(rows) > limit else ""
+        token = self._tokens.next_token(scope, rows, limit, lambda last: [last.seq])
         return pb.ListMessagesResponse(messages=[message_pb(r) for r in rows[:limit]], next_page_token=token)
 
 

@@ -4,18 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import FailedPrecondition, NotFound, PermissionDenied, ServiceError
+from common.errors import FailedPrecondition, PermissionDenied, ServiceError, SessionNotFound
 
 ACTIVE, PAUSED, COMPLETED = "active", "paused", "completed"
 QUESTION, ANSWER = "question", "answer"
 MAX_CONTENT_CHARS = 16384
-
-
-class SessionNotFound(NotFound):
-    reason = "SESSION_NOT_FOUND"
-
-    def __init__(self, session_id: str) -> None:
-        super().__init__("session not found", session_id=session_id)
 
 
 class _SessionPrecondition(FailedPrecondition):

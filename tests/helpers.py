@@ -15,6 +15,19 @@ from grpc_status import rpc_status
 from common.auth import INTERNAL_ROLE, mint
 from common.config import JwtSettings
 
+SAMPLE_ID = "3f2b8c4e-9a1d-4e7b-8c2f-5d6a7b8c9d0e"
+# Values that are not UUIDs, each one way a caller could get an id wrong.
+MALFORMED_UUIDS = {
+    "words": "not-a-uuid",
+    "one char short": SAMPLE_ID[:-1],
+    "one char long": SAMPLE_ID + "0",
+    "non-hex digit": "g" + SAMPLE_ID[1:],
+    "leading space": " " + SAMPLE_ID,
+    "trailing newline": SAMPLE_ID + "\n",
+    "sql": "'; DROP TABLE sessions.sessions; --",
+    "nil-ish": "0",
+}
+
 
 def new_id() -> str:
     return str(uuid.uuid4())

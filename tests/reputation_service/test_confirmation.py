@@ -8,20 +8,9 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from common.auth import mint
-from tests.helpers import expect_error, new_id, service_metadata
+from tests.helpers import MALFORMED_UUIDS, expect_error, new_id, service_metadata
 
 DOMAIN = "interview.reputation"
-SAMPLE = "3f2b8c4e-9a1d-4e7b-8c2f-5d6a7b8c9d0e"
-MALFORMED_UUIDS = {
-    "words": "not-a-uuid",
-    "one char short": SAMPLE[:-1],
-    "one char long": SAMPLE + "0",
-    "non-hex digit": "g" + SAMPLE[1:],
-    "leading space": " " + SAMPLE,
-    "trailing newline": SAMPLE + "\n",
-    "sql": "'; DROP TABLE reputation.events; --",
-    "nil-ish": "0",
-}
 REPUTATION_TABLES = ("paired_sessions", "confirmations", "events", "outbox")
 
 

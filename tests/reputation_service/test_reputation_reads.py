@@ -8,20 +8,9 @@ import pytest
 from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id, service_metadata
+from tests.helpers import MALFORMED_UUIDS, SAMPLE_ID, expect_error, new_id, service_metadata
 
 DOMAIN = "interview.reputation"
-SAMPLE = "3f2b8c4e-9a1d-4e7b-8c2f-5d6a7b8c9d0e"
-MALFORMED_UUIDS = {
-    "words": "not-a-uuid",
-    "one char short": SAMPLE[:-1],
-    "one char long": SAMPLE + "0",
-    "non-hex digit": "g" + SAMPLE[1:],
-    "leading space": " " + SAMPLE,
-    "trailing newline": SAMPLE + "\n",
-    "sql": "'; DROP TABLE reputation.scores; --",
-    "nil-ish": "0",
-}
 
 
 async def complete_paired(sessions, reputation, as_user, user, partner=None):
@@ -311,7 +300,7 @@ READS = {
 }
 
 
-@pytest.mark.parametrize("user_id", ["", SAMPLE], ids=["caller", "explicit user"])
+@pytest.mark.parametrize("user_id", ["", SAMPLE_ID], ids=["caller", "explicit user"])
 @pytest.mark.parametrize("rpc", list(READS))
 async def test_reads_without_a_token_are_unauthenticated(reputation, rpc, user_id):
     error = await expect_error(
@@ -323,7 +312,7 @@ async def test_reads_without_a_token_are_unauthenticated(reputation, rpc, user_i
 @pytest.mark.parametrize("rpc", list(READS))
 async def test_reads_with_a_garbage_token_are_unauthenticated(reputation, rpc):
     error = await expect_error(
-        getattr(reputation, rpc)(READS[rpc](SAMPLE), metadata=(("authorization", "Bearer not-a-jwt"),)),
+        getattr(reputation, rpc)(READS[rpc](SAMPLE_ID), metadata=(("authorization", "Bearer not-a-jwt"),)),
         grpc.StatusCode.UNAUTHENTICATED,
         "UNAUTHENTICATED",
     )
@@ -333,7 +322,7 @@ async def test_reads_with_a_garbage_token_are_unauthenticated(reputation, rpc):
 @pytest.mark.parametrize("rpc", list(READS))
 async def test_reads_with_a_service_token_are_permission_denied(reputation, jwt_settings, rpc):
     error = await expect_error(
-        getattr(reputation, rpc)(READS[rpc](SAMPLE), metadata=service_metadata(jwt_settings)),
+        getattr(reputation, rpc)(READS[rpc](SAMPLE_ID), metadata=service_metadata(jwt_settings)),
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
     )

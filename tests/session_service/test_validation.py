@@ -4,7 +4,7 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id, user_metadata
+from tests.helpers import MALFORMED_UUIDS, expect_error, new_id, user_metadata
 
 DOMAIN = "interview.sessions"
 MAX_CONTENT = 16384
@@ -95,17 +95,6 @@ ID_FIELDS = [
     ("ReleaseJobPosting", "job_posting_id"),
 ]
 REQUIRED_ID_FIELDS = [(rpc, f) for rpc, f in ID_FIELDS if f in ("session_id", "job_posting_id")]
-SAMPLE = "3f2b8c4e-9a1d-4e7b-8c2f-5d6a7b8c9d0e"
-MALFORMED_UUIDS = {
-    "words": "not-a-uuid",
-    "one char short": SAMPLE[:-1],
-    "one char long": SAMPLE + "0",
-    "non-hex digit": "g" + SAMPLE[1:],
-    "leading space": " " + SAMPLE,
-    "trailing newline": SAMPLE + "\n",
-    "sql": "'; DROP TABLE sessions.sessions; --",
-    "nil-ish": "0",
-}
 
 
 async def prepared_session(sessions, as_user, owner, rpc):
