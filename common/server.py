@@ -111,6 +111,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
             code = "OK"
+            reason = None
             correlation_id = None
             try:
                 authorization = None
@@ -123,7 +124,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     access.leave(token)
             except ServiceError as error:
-                code = error.code
+                code, reason = error.code, error.reason
                 await context.abort_with_status(rich_status(error, domain))
             except grpc.aio.AbortError:
                 code = context.code().name if context.code() else "UNKNOWN"
@@ -139,7 +140,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     correlation_id = uuid.uuid4().hex
                     error = ServiceError("internal error", correlation_id=correlation_id)
                     log.exception("unhandled error in %s [%s]", method, correlation_id)
-                code = error.code
+                code, reason = error.code, error.reason
                 await context.abort_with_status(rich_status(error, domain))
             finally:
                 line: dict[str, Any] = {
@@ -147,6 +148,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     "code": code,
                     "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 }
+                if reason:
+                    line["reason"] = reason
                 if correlation_id:
                     line["correlation_id"] = correlation_id
                 log.info(line)
