@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: run test gen token
+.PHONY: run test gen token proto-baseline
 
 $(READY): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,7 @@ run: $(READY)
 	$(BIN)/python -m common.devstack run
 
 test: $(READY)
+	$(BIN)/buf lint protos
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -33,3 +34,8 @@ gen: $(READY)
 # USER=<uuid> on the command line; the CLI rejects anything that is not a UUID.
 token: $(READY)
 	@$(BIN)/python -m common.devstack token --user "$(USER)"
+
+# The contract other teams build against. Refresh only for a deliberate, announced change
+# (a new major version, or before the first release); never to silence `buf breaking`.
+proto-baseline: $(READY)
+	$(BIN)/buf build protos -o protos/baseline.binpb

@@ -29,50 +29,51 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     DESCRIPTOR: _descriptor.EnumDescriptor
     ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
     """Never sent."""
-    UNAUTHENTICATED: _ErrorReason.ValueType  # 1
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 1
     """UNAUTHENTICATED: no, malformed, expired or wrongly signed token, or wrong issuer/audience."""
-    PERMISSION_DENIED: _ErrorReason.ValueType  # 2
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 2
     """PERMISSION_DENIED: a service token on this public API."""
-    SESSION_NOT_FOUND: _ErrorReason.ValueType  # 3
+    ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 3
     """NOT_FOUND: no such session, or the caller does not participate in it."""
-    INVALID_ARGUMENT: _ErrorReason.ValueType  # 4
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 4
     """INVALID_ARGUMENT: a field is malformed; a google.rpc.BadRequest names each field."""
-    NOT_A_PAIRED_SESSION: _ErrorReason.ValueType  # 5
+    ERROR_REASON_NOT_A_PAIRED_SESSION: _ErrorReason.ValueType  # 5
     """FAILED_PRECONDITION: the session is solo; only paired sessions are confirmed."""
-    SESSION_ALREADY_COMPLETED: _ErrorReason.ValueType  # 6
+    ERROR_REASON_SESSION_ALREADY_COMPLETED: _ErrorReason.ValueType  # 6
     """FAILED_PRECONDITION: the session was completed without this service's confirmations."""
-    SESSIONS_UNAVAILABLE: _ErrorReason.ValueType  # 7
+    ERROR_REASON_SESSIONS_UNAVAILABLE: _ErrorReason.ValueType  # 7
     """UNAVAILABLE: the session service did not answer; nothing was recorded; safe to retry."""
-    DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 8
+    ERROR_REASON_DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 8
     """UNAVAILABLE: the reputation database does not answer; safe to retry."""
-    INTERNAL: _ErrorReason.ValueType  # 9
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 9
     """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
-    """The `reason` of the google.rpc.ErrorInfo attached to every error of this
-    package (domain "interview.reputation"). Reasons passed on from the session
-    service keep their name and take this domain.
+    """The reasons of this package's errors (domain "interview.reputation"). The
+    google.rpc.ErrorInfo `reason` string is the value's name without the
+    "ERROR_REASON_" prefix, e.g. "SESSIONS_UNAVAILABLE". Reasons passed on from the
+    session service keep their name and take this domain.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 """Never sent."""
-UNAUTHENTICATED: ErrorReason.ValueType  # 1
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 1
 """UNAUTHENTICATED: no, malformed, expired or wrongly signed token, or wrong issuer/audience."""
-PERMISSION_DENIED: ErrorReason.ValueType  # 2
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 2
 """PERMISSION_DENIED: a service token on this public API."""
-SESSION_NOT_FOUND: ErrorReason.ValueType  # 3
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 3
 """NOT_FOUND: no such session, or the caller does not participate in it."""
-INVALID_ARGUMENT: ErrorReason.ValueType  # 4
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 4
 """INVALID_ARGUMENT: a field is malformed; a google.rpc.BadRequest names each field."""
-NOT_A_PAIRED_SESSION: ErrorReason.ValueType  # 5
+ERROR_REASON_NOT_A_PAIRED_SESSION: ErrorReason.ValueType  # 5
 """FAILED_PRECONDITION: the session is solo; only paired sessions are confirmed."""
-SESSION_ALREADY_COMPLETED: ErrorReason.ValueType  # 6
+ERROR_REASON_SESSION_ALREADY_COMPLETED: ErrorReason.ValueType  # 6
 """FAILED_PRECONDITION: the session was completed without this service's confirmations."""
-SESSIONS_UNAVAILABLE: ErrorReason.ValueType  # 7
+ERROR_REASON_SESSIONS_UNAVAILABLE: ErrorReason.ValueType  # 7
 """UNAVAILABLE: the session service did not answer; nothing was recorded; safe to retry."""
-DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 8
+ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 8
 """UNAVAILABLE: the reputation database does not answer; safe to retry."""
-INTERNAL: ErrorReason.ValueType  # 9
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 9
 """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 

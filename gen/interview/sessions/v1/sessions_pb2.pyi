@@ -80,69 +80,70 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     DESCRIPTOR: _descriptor.EnumDescriptor
     ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
     """Never sent."""
-    UNAUTHENTICATED: _ErrorReason.ValueType  # 1
+    ERROR_REASON_UNAUTHENTICATED: _ErrorReason.ValueType  # 1
     """UNAUTHENTICATED: no, malformed, expired or wrongly signed token, or wrong issuer/audience."""
-    PERMISSION_DENIED: _ErrorReason.ValueType  # 2
+    ERROR_REASON_PERMISSION_DENIED: _ErrorReason.ValueType  # 2
     """PERMISSION_DENIED: the caller may see the session but not do this, or uses the wrong kind of token."""
-    SESSION_NOT_FOUND: _ErrorReason.ValueType  # 3
+    ERROR_REASON_SESSION_NOT_FOUND: _ErrorReason.ValueType  # 3
     """NOT_FOUND: no such session, or the caller does not participate in it."""
-    INVALID_ARGUMENT: _ErrorReason.ValueType  # 4
+    ERROR_REASON_INVALID_ARGUMENT: _ErrorReason.ValueType  # 4
     """INVALID_ARGUMENT: a field is malformed; a google.rpc.BadRequest names each field."""
-    SESSION_ALREADY_COMPLETED: _ErrorReason.ValueType  # 5
+    ERROR_REASON_SESSION_ALREADY_COMPLETED: _ErrorReason.ValueType  # 5
     """FAILED_PRECONDITION: the session is COMPLETED, which is terminal."""
-    SESSION_NOT_COMPLETED: _ErrorReason.ValueType  # 6
+    ERROR_REASON_SESSION_NOT_COMPLETED: _ErrorReason.ValueType  # 6
     """FAILED_PRECONDITION: retake of a session that is not COMPLETED."""
-    SESSION_NOT_ACTIVE: _ErrorReason.ValueType  # 7
+    ERROR_REASON_SESSION_NOT_ACTIVE: _ErrorReason.ValueType  # 7
     """FAILED_PRECONDITION: pause or append while the session is PAUSED."""
-    SESSION_NOT_PAUSED: _ErrorReason.ValueType  # 8
+    ERROR_REASON_SESSION_NOT_PAUSED: _ErrorReason.ValueType  # 8
     """FAILED_PRECONDITION: resume while the session is ACTIVE."""
-    MISSING_JOB_POSTING: _ErrorReason.ValueType  # 9
+    ERROR_REASON_MISSING_JOB_POSTING: _ErrorReason.ValueType  # 9
     """FAILED_PRECONDITION: retake after the session's job posting was released."""
-    MUTUAL_CONFIRMATION_REQUIRED: _ErrorReason.ValueType  # 10
+    ERROR_REASON_MUTUAL_CONFIRMATION_REQUIRED: _ErrorReason.ValueType  # 10
     """FAILED_PRECONDITION: CompleteSession on a paired session; both participants must confirm instead."""
-    NOT_A_PAIRED_SESSION: _ErrorReason.ValueType  # 11
+    ERROR_REASON_NOT_A_PAIRED_SESSION: _ErrorReason.ValueType  # 11
     """FAILED_PRECONDITION: CompletePairedSession on a solo session."""
-    NO_OPEN_QUESTION: _ErrorReason.ValueType  # 12
+    ERROR_REASON_NO_OPEN_QUESTION: _ErrorReason.ValueType  # 12
     """FAILED_PRECONDITION: an ANSWER before any QUESTION was asked."""
-    DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 13
+    ERROR_REASON_DATABASE_UNAVAILABLE: _ErrorReason.ValueType  # 13
     """UNAVAILABLE: the database does not answer; safe to retry."""
-    INTERNAL: _ErrorReason.ValueType  # 14
+    ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 14
     """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
-    """The `reason` of the google.rpc.ErrorInfo attached to every error of this
-    package (domain "interview.sessions"). Clients branch on it, not on messages.
+    """The reasons of this package's errors (domain "interview.sessions"). The
+    google.rpc.ErrorInfo `reason` string is the value's name without the
+    "ERROR_REASON_" prefix, e.g. "SESSION_NOT_FOUND". Clients branch on it, not on messages.
     """
 
 ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
 """Never sent."""
-UNAUTHENTICATED: ErrorReason.ValueType  # 1
+ERROR_REASON_UNAUTHENTICATED: ErrorReason.ValueType  # 1
 """UNAUTHENTICATED: no, malformed, expired or wrongly signed token, or wrong issuer/audience."""
-PERMISSION_DENIED: ErrorReason.ValueType  # 2
+ERROR_REASON_PERMISSION_DENIED: ErrorReason.ValueType  # 2
 """PERMISSION_DENIED: the caller may see the session but not do this, or uses the wrong kind of token."""
-SESSION_NOT_FOUND: ErrorReason.ValueType  # 3
+ERROR_REASON_SESSION_NOT_FOUND: ErrorReason.ValueType  # 3
 """NOT_FOUND: no such session, or the caller does not participate in it."""
-INVALID_ARGUMENT: ErrorReason.ValueType  # 4
+ERROR_REASON_INVALID_ARGUMENT: ErrorReason.ValueType  # 4
 """INVALID_ARGUMENT: a field is malformed; a google.rpc.BadRequest names each field."""
-SESSION_ALREADY_COMPLETED: ErrorReason.ValueType  # 5
+ERROR_REASON_SESSION_ALREADY_COMPLETED: ErrorReason.ValueType  # 5
 """FAILED_PRECONDITION: the session is COMPLETED, which is terminal."""
-SESSION_NOT_COMPLETED: ErrorReason.ValueType  # 6
+ERROR_REASON_SESSION_NOT_COMPLETED: ErrorReason.ValueType  # 6
 """FAILED_PRECONDITION: retake of a session that is not COMPLETED."""
-SESSION_NOT_ACTIVE: ErrorReason.ValueType  # 7
+ERROR_REASON_SESSION_NOT_ACTIVE: ErrorReason.ValueType  # 7
 """FAILED_PRECONDITION: pause or append while the session is PAUSED."""
-SESSION_NOT_PAUSED: ErrorReason.ValueType  # 8
+ERROR_REASON_SESSION_NOT_PAUSED: ErrorReason.ValueType  # 8
 """FAILED_PRECONDITION: resume while the session is ACTIVE."""
-MISSING_JOB_POSTING: ErrorReason.ValueType  # 9
+ERROR_REASON_MISSING_JOB_POSTING: ErrorReason.ValueType  # 9
 """FAILED_PRECONDITION: retake after the session's job posting was released."""
-MUTUAL_CONFIRMATION_REQUIRED: ErrorReason.ValueType  # 10
+ERROR_REASON_MUTUAL_CONFIRMATION_REQUIRED: ErrorReason.ValueType  # 10
 """FAILED_PRECONDITION: CompleteSession on a paired session; both participants must confirm instead."""
-NOT_A_PAIRED_SESSION: ErrorReason.ValueType  # 11
+ERROR_REASON_NOT_A_PAIRED_SESSION: ErrorReason.ValueType  # 11
 """FAILED_PRECONDITION: CompletePairedSession on a solo session."""
-NO_OPEN_QUESTION: ErrorReason.ValueType  # 12
+ERROR_REASON_NO_OPEN_QUESTION: ErrorReason.ValueType  # 12
 """FAILED_PRECONDITION: an ANSWER before any QUESTION was asked."""
-DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
+ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
 """UNAVAILABLE: the database does not answer; safe to retry."""
-INTERNAL: ErrorReason.ValueType  # 14
+ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 14
 """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
