@@ -27,6 +27,7 @@ from common.auth import Access, TokenVerifier
 from common.config import ConfigError, database_url
 from common.db import is_connection_error, migrate
 from common.errors import DatabaseUnavailable, InvalidArgument, ServiceError
+from common.metrics import Metrics
 
 log = logging.getLogger("rpc")
 
@@ -73,15 +74,19 @@ Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call to the listed services, maps errors to rich statuses, logs one line.
+    """Authenticates every call to the listed services, maps errors to rich statuses, logs one line
+    and records it in the metrics.
 
     Health and reflection are not listed and pass through untouched.
     """
 
-    def __init__(self, domain: str, verifier: TokenVerifier, access: dict[str, Access]) -> None:
+    def __init__(
+        self, domain: str, verifier: TokenVerifier, access: dict[str, Access], metrics: Metrics
+    ) -> None:
         self._domain = domain
         self._verifier = verifier
         self._access = access
+        self._metrics = metrics
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -106,7 +111,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         return wrapped
 
     def _wrap(self, method: str, access: Access, behavior: Handler) -> Handler:
-        domain, verifier = self._domain, self._verifier
+        domain, verifier, metrics = self._domain, self._verifier, self._metrics
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             started = time.perf_counter()
@@ -143,10 +148,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 code, reason = error.code, error.reason
                 await context.abort_with_status(rich_status(error, domain))
             finally:
+                elapsed = time.perf_counter() - started
+                metrics.observe(method, code, elapsed)
                 line: dict[str, Any] = {
                     "method": method,
                     "code": code,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "duration_ms": round(elapsed * 1000, 3),
                 }
                 if reason:
                     line["reason"] = reason
@@ -169,13 +176,14 @@ class ServiceBinding:
 
 @dataclass
 class AppServer:
-    """A started server with its health state; `stop()` shuts it down gracefully."""
+    """A started server with its health state and metrics; `stop()` shuts it down gracefully."""
 
     server: grpc.aio.Server
     port: int
     health: Any
     service_names: list[str]
     probe: Callable[[], Awaitable[bool]]
+    metrics: Metrics
     on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     _monitor: asyncio.Task[None] | None = None
@@ -199,7 +207,17 @@ class AppServer:
                 log.info({"event": "health", "serving": ok})
             await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
 
+    @property
+    def metrics_port(self) -> int:
+        """Where /metrics is served once started (the real port when configured with port 0)."""
+        return self.metrics.port
+
     async def start(self) -> None:
+        # Metrics first: an unusable metrics address stops start-up before any call is taken.
+        try:
+            self.metrics.start()
+        except OSError as error:
+            raise ListenError(f"cannot serve metrics on {self.metrics.listen}: {error}") from None
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         self._monitor = asyncio.create_task(self._watch_database())
@@ -216,6 +234,7 @@ class AppServer:
         await self.server.stop(grace)
         for close in self.on_stop:
             await close()
+        await self.metrics.stop()  # last, so a shutdown can be watched to the end
 
 
 def build_server(
@@ -224,11 +243,13 @@ def build_server(
     verifier: TokenVerifier,
     bindings: Iterable[ServiceBinding],
     probe: Callable[[], Awaitable[bool]],
+    metrics: Metrics,
 ) -> AppServer:
-    """Creates (does not start) a grpc.aio server with the services, health and reflection."""
+    """Creates (does not start) a grpc.aio server with the services, health, reflection and
+    `metrics` (served on their own port from `start()`)."""
     bindings = list(bindings)
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(domain, verifier, {b.name: b.access for b in bindings})],
+        interceptors=[CallInterceptor(domain, verifier, {b.name: b.access for b in bindings}, metrics)],
         options=SERVER_OPTIONS,
     )
     for binding in bindings:
@@ -241,7 +262,9 @@ def build_server(
         port = server.add_insecure_port(listen)
     except RuntimeError as error:  # grpc reports a failed bind this way
         raise ListenError(f"cannot listen on {listen}: {error}") from None
-    return AppServer(server=server, port=port, health=health_servicer, service_names=names, probe=probe)
+    return AppServer(
+        server=server, port=port, health=health_servicer, service_names=names, probe=probe, metrics=metrics
+    )
 
 
 class JsonFormatter(logging.Formatter):
@@ -275,7 +298,14 @@ async def serve_until_signal(app: AppServer) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     await app.start()
-    log.info({"event": "listening", "port": app.port, "services": app.service_names})
+    log.info(
+        {
+            "event": "listening",
+            "port": app.port,
+            "metrics_port": app.metrics_port,
+            "services": app.service_names,
+        }
+    )
     await stop.wait()
     log.info({"event": "stopping"})
     await app.stop()

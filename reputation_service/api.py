@@ -15,6 +15,7 @@ from common import auth
 from common.auth import TokenVerifier, current_user_id
 from common.db import create_engine, ping
 from common.fields import Fields, PageTokens
+from common.metrics import Metrics
 from common.server import AppServer, ServiceBinding, build_server
 from reputation_service import domain, relay, store
 from reputation_service.config import Config
@@ -175,6 +176,19 @@ def create_server(config: Config) -> AppServer:
     outbox_relay = relay.Relay(
         db, sessions, config.relay_interval, config.outbox_lease, config.relay_max_backoff
     )
+    metrics = Metrics(config.metrics_listen, engine)
+    # The relay counts the backlog after each pass (at least every relay_interval); scrapes only
+    # read its last count, since they run on a thread and the database is async.
+    metrics.gauge(
+        "outbox_backlog_rows",
+        "Outbox rows not yet delivered, across all replicas (aggregate with max, not sum).",
+        lambda: outbox_relay.backlog[0],
+    )
+    metrics.gauge(
+        "outbox_oldest_undelivered_age_seconds",
+        "Age of the oldest undelivered outbox row; 0 when there is none.",
+        outbox_relay.oldest_age,
+    )
     app = build_server(
         config.listen,
         DOMAIN,
@@ -188,6 +202,7 @@ def create_server(config: Config) -> AppServer:
             )
         ],
         probe=lambda: ping(engine),
+        metrics=metrics,
     )
     app.on_start.append(outbox_relay.start)
     # In-flight calls finish first (server.stop), then the relay finishes its current row.

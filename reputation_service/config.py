@@ -30,6 +30,8 @@ class Config:
     relay_interval: float = 1.0
     outbox_lease: float = 10.0
     relay_max_backoff: float = 30.0
+    # Where /metrics is served. This default (any free port) suits tests; load() uses the documented one.
+    metrics_listen: str = "127.0.0.1:0"
 
 
 def _signing_key(env: Mapping[str, str], jwt: JwtSettings) -> str:
@@ -56,4 +58,5 @@ def load(env: Mapping[str, str]) -> Config:
         relay_interval=positive_float(env, "RELAY_INTERVAL_SECONDS", 1.0),
         outbox_lease=positive_float(env, "OUTBOX_LEASE_SECONDS", 10.0),
         relay_max_backoff=positive_float(env, "RELAY_MAX_BACKOFF_SECONDS", 30.0),
+        metrics_listen=listen_address(env, "REPUTATION_METRICS_LISTEN", "127.0.0.1:9152"),
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,6 +62,10 @@ class Relay:
         self._max_delay = max_delay
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        # The whole outbox's undelivered rows and the oldest one's create_time, as of the end of
+        # the last pass. Metrics read it at scrape time from another thread, so it is replaced
+        # whole, never mutated.
+        self.backlog: tuple[int, datetime | None] = (0, None)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -88,4 +93,17 @@ class Relay:
             if self._stopping.is_set():
                 break  # unclaimed rows go back to due when their lease runs out
             await deliver(self._db, self._sessions, session_id, attempts, self._max_delay)
+        # Here rather than in the metrics scrape: scrapes run on a thread, the database is async.
+        async with self._db.connect() as conn:
+            row = await store.outbox_backlog(conn)
+        self.backlog = (row.rows, row.oldest)
         return bool(claimed)
+
+    def oldest_age(self) -> float:
+        """Seconds since the oldest undelivered row was written; 0 when there is none.
+
+        The row's time comes from the database's clock, now from this host's: floored at 0 so
+        a clock skew cannot make it negative.
+        """
+        oldest = self.backlog[1]
+        return max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest else 0.0

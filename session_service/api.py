@@ -15,6 +15,7 @@ from common import auth
 from common.auth import TokenVerifier, current_user_id
 from common.db import create_engine, ping
 from common.fields import Fields, PageTokens
+from common.metrics import Metrics
 from common.server import AppServer, ServiceBinding, build_server
 from session_service import domain, store
 from session_service.config import Config
@@ -251,6 +252,7 @@ def create_server(config: Config) -> AppServer:
             ),
         ],
         probe=lambda: ping(engine),
+        metrics=Metrics(config.metrics_listen, engine),
     )
     app.on_stop.append(engine.dispose)
     return app

@@ -14,6 +14,8 @@ class Config:
     database_url: str
     jwt: JwtSettings
     pool_size: int
+    # Where /metrics is served. This default (any free port) suits tests; load() uses the documented one.
+    metrics_listen: str = "127.0.0.1:0"
 
 
 def load(env: Mapping[str, str]) -> Config:
@@ -22,4 +24,5 @@ def load(env: Mapping[str, str]) -> Config:
         database_url=database_url(env, "SESSION_DATABASE_URL"),
         jwt=jwt_settings(env),
         pool_size=positive_int(env, "SESSION_DB_POOL_SIZE", 10),
+        metrics_listen=listen_address(env, "SESSION_METRICS_LISTEN", "127.0.0.1:9151"),
     )

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import asyncpg
 import grpc
@@ -22,6 +24,46 @@ from reputation_service import config as reputation_config
 from session_service import api as session_api
 from session_service import config as session_config
 from tests.helpers import service_metadata, user_metadata, wait_for
+
+
+class EmittedReasons(logging.Handler):
+    """Collects (package, reason) from every call log line of the in-process servers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: set[tuple[str, str]] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.msg
+        if isinstance(line, dict) and line.get("reason") and str(line.get("method", "")).count("/") == 2:
+            package = line["method"].split("/")[1].rsplit(".", 1)[0]
+            self.seen.add((package, line["reason"]))
+
+
+EMITTED_REASONS = EmittedReasons()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    rpc_log = logging.getLogger("rpc")
+    rpc_log.setLevel(logging.INFO)
+    rpc_log.addHandler(EMITTED_REASONS)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `after_all` judge what the whole run did, so they run last."""
+    items.sort(key=lambda item: item.get_closest_marker("after_all") is not None)
+
+
+@pytest.fixture(scope="session")
+def whole_suite(request: pytest.FixtureRequest) -> bool:
+    """True when this run collected every test (no -k, -m, or narrowed paths)."""
+    config = request.config
+    narrowed = config.getoption("keyword") or config.getoption("markexpr") or config.getoption("lf")
+    everything = all(
+        "::" not in arg and Path(config.rootpath, arg).resolve() == Path(config.rootpath, "tests").resolve()
+        for arg in config.args
+    )
+    return everything and not narrowed and request.session.testscollected == len(request.session.items)
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +135,11 @@ async def wait_serving(target: str) -> None:
 async def start_session_server(database_url: str, jwt_settings: JwtSettings, listen: str) -> AppServer:
     app = session_api.create_server(
         session_config.Config(
-            listen=listen, database_url=sqlalchemy_url(database_url), jwt=jwt_settings, pool_size=10
+            listen=listen,
+            database_url=sqlalchemy_url(database_url),
+            jwt=jwt_settings,
+            pool_size=10,
+            metrics_listen="127.0.0.1:0",
         )
     )
     await app.start()
@@ -154,6 +200,7 @@ def reputation_config_for(
         session_service_target=session_target,
         signing_key=jwt_settings.key,
         pool_size=10,
+        metrics_listen="127.0.0.1:0",
         **settings,  # type: ignore[arg-type]
     )
 

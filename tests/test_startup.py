@@ -37,6 +37,7 @@ UNSET = None
         ("session_service", SESSION_ENV, "JWT_ALGORITHM", "none"),
         ("session_service", SESSION_ENV, "SESSION_LISTEN", "localhost"),
         ("session_service", SESSION_ENV, "SESSION_DB_POOL_SIZE", "zero"),
+        ("session_service", SESSION_ENV, "SESSION_METRICS_LISTEN", "9151"),
         ("reputation_service", REPUTATION_ENV, "REPUTATION_DATABASE_URL", UNSET),
         ("reputation_service", REPUTATION_ENV, "REPUTATION_LISTEN", "127.0.0.1:99999"),
         ("reputation_service", REPUTATION_ENV, "SESSION_SERVICE_TARGET", "no-port"),
@@ -44,6 +45,7 @@ UNSET = None
         ("reputation_service", {**REPUTATION_ENV, "JWT_ALGORITHM": "RS256"}, "JWT_KEY", "not a pem"),
         ("reputation_service", REPUTATION_ENV, "OUTBOX_LEASE_SECONDS", "-1"),
         ("reputation_service", REPUTATION_ENV, "RELAY_MAX_BACKOFF_SECONDS", "soon"),
+        ("reputation_service", REPUTATION_ENV, "REPUTATION_METRICS_LISTEN", "127.0.0.1:70000"),
     ],
 )
 def test_a_missing_or_invalid_setting_stops_start_up_with_one_line_naming_it(package, env, variable, value):

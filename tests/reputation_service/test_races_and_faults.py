@@ -143,6 +143,7 @@ async def _nothing_undelivered(db, session_id: str) -> bool:
 def _reputation_env(database_url: str, jwt_settings, session_port: int, lease: float) -> dict[str, str]:
     return {
         "REPUTATION_LISTEN": "127.0.0.1:0",
+        "REPUTATION_METRICS_LISTEN": "127.0.0.1:0",
         "REPUTATION_DATABASE_URL": database_url,
         "SESSION_SERVICE_TARGET": f"127.0.0.1:{session_port}",
         "JWT_KEY": jwt_settings.key,

@@ -22,6 +22,7 @@ GOOD_KEY = "k" * 40
 def _env(database_url: str, **overrides: str) -> dict[str, str]:
     env = {
         "SESSION_LISTEN": "127.0.0.1:0",
+        "SESSION_METRICS_LISTEN": "127.0.0.1:0",
         "SESSION_DATABASE_URL": database_url,
         "JWT_KEY": GOOD_KEY,
         "JWT_ALGORITHM": "HS256",

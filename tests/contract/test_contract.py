@@ -1,0 +1,152 @@
+"""What the protos promise, checked against the running servers and the suite itself."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf import descriptor_pb2
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from interview.reputation.v1 import reputation_pb2
+from interview.sessions.v1 import sessions_pb2
+
+from tests.conftest import EMITTED_REASONS
+from tests.helpers import new_id, service_metadata, user_metadata
+
+ROOT = Path(__file__).resolve().parents[2]
+PROTOS = {
+    "interview.sessions.v1": (sessions_pb2, ROOT / "protos/interview/sessions/v1/sessions.proto"),
+    "interview.reputation.v1": (reputation_pb2, ROOT / "protos/interview/reputation/v1/reputation.proto"),
+}
+PREFIX = "ERROR_REASON_"
+HEALTH_AND_REFLECTION = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+
+
+def _declared_reasons(module) -> set[str]:
+    """The wire reasons an ErrorReason enum declares: value names without the prefix."""
+    names = module.ErrorReason.keys()
+    return {name.removeprefix(PREFIX) for name in names if name != f"{PREFIX}UNSPECIFIED"}
+
+
+def _methods(package: str) -> list[tuple[str, str, object]]:
+    module, _ = PROTOS[package]
+    return [
+        (service.full_name, method.name, method)
+        for service in module.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+
+
+ALL_METHODS = [m for package in PROTOS for m in _methods(package)]
+
+
+@pytest.mark.parametrize(
+    ("service", "method", "descriptor"), ALL_METHODS, ids=[f"{s}/{m}" for s, m, _ in ALL_METHODS]
+)
+async def test_every_declared_rpc_is_implemented(
+    service, method, descriptor, session_server, reputation_server, jwt_settings
+):
+    port = reputation_server.port if service.startswith("interview.reputation") else session_server.port
+    metadata = (
+        service_metadata(jwt_settings)
+        if service.endswith("InternalService")
+        else user_metadata(jwt_settings, new_id())
+    )
+    request_type = descriptor.input_type._concrete_class
+    response_type = descriptor.output_type._concrete_class
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.unary_unary(
+            f"/{service}/{method}",
+            request_serializer=request_type.SerializeToString,
+            response_deserializer=response_type.FromString,
+        )
+        try:
+            await call(request_type(), metadata=metadata, timeout=10)
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError as error:
+            code = error.code()
+    assert code != grpc.StatusCode.UNIMPLEMENTED
+
+
+async def _reflected_services(port: int) -> set[str]:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for reply in stub.ServerReflectionInfo(iter([request])):
+            return {service.name for service in reply.list_services_response.service}
+    return set()
+
+
+async def test_reflection_lists_exactly_the_declared_services_plus_health_and_reflection(
+    session_server, reputation_server
+):
+    for port, package in (
+        (session_server.port, "interview.sessions.v1"),
+        (reputation_server.port, "interview.reputation.v1"),
+    ):
+        declared = {service for service, _, _ in _methods(package)}
+        assert await _reflected_services(port) == declared | HEALTH_AND_REFLECTION
+
+
+async def test_reflection_serves_the_descriptors_grpcurl_needs(session_server):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{session_server.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(
+            file_containing_symbol="interview.sessions.v1.SessionService"
+        )
+        async for reply in stub.ServerReflectionInfo(iter([request])):
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in reply.file_descriptor_response.file_descriptor_proto
+            ]
+            break
+    assert "interview/sessions/v1/sessions.proto" in {f.name for f in files}
+
+
+def undocumented_values(proto_text: str, enum: str) -> list[str]:
+    """Enum values in `enum` whose line is not directly preceded by a // comment."""
+    body = re.search(rf"enum {enum} \{{(.*?)\n\}}", proto_text, re.S)
+    assert body is not None, f"no enum {enum}"
+    lines = body.group(1).splitlines()
+    return [
+        line.split("=")[0].strip()
+        for index, line in enumerate(lines)
+        if "=" in line and not lines[index - 1].strip().startswith("//")
+    ]
+
+
+@pytest.mark.parametrize("package", list(PROTOS))
+def test_every_error_reason_is_documented(package):
+    _, path = PROTOS[package]
+    assert undocumented_values(path.read_text(), "ErrorReason") == []
+
+
+def test_an_undocumented_value_is_reported():
+    text = "enum ErrorReason {\n  // fine\n  ERROR_REASON_A = 1;\n  ERROR_REASON_B = 2;\n}"
+    assert undocumented_values(text, "ErrorReason") == ["ERROR_REASON_B"]
+
+
+def reason_gaps(emitted: set[tuple[str, str]]) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
+    """(declared but never emitted, emitted but not declared), per package."""
+    declared = {
+        (package, reason) for package, (module, _) in PROTOS.items() for reason in _declared_reasons(module)
+    }
+    return declared - emitted, emitted - declared
+
+
+def test_reason_gaps_name_both_directions():
+    missing, unknown = reason_gaps(
+        {("interview.sessions.v1", "SESSION_NOT_FOUND"), ("interview.sessions.v1", "OOPS")}
+    )
+    assert ("interview.sessions.v1", "NO_OPEN_QUESTION") in missing
+    assert unknown == {("interview.sessions.v1", "OOPS")}
+
+
+@pytest.mark.after_all
+def test_the_suite_emits_every_declared_reason_and_no_other(whole_suite):
+    missing, unknown = reason_gaps(EMITTED_REASONS.seen)
+    assert unknown == set(), "reasons emitted that the ErrorReason enums lack"
+    if whole_suite:
+        assert missing == set(), "ErrorReason values no test made a server emit"
