@@ -1,0 +1,140 @@
+"""What every typed client shares: gRPC's own retry policy, bearer metadata, deadlines, error reasons."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Self, TypedDict, TypeVar, cast
+
+import grpc
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from interview.reputation.v1 import reputation_pb2
+from interview.sessions.v1 import sessions_pb2
+
+# Returns the bearer token for the next call; called once per call so a caller can refresh tokens.
+TokenProvider = Callable[[], str]
+DEFAULT_DEADLINE = 5.0  # seconds for a whole call, retries included
+# Every service of our contracts: a channel's retry policy covers whichever of them it calls.
+SERVICES = [
+    service.full_name
+    for contract in (sessions_pb2.DESCRIPTOR, reputation_pb2.DESCRIPTOR)
+    for service in contract.services_by_name.values()
+]
+ChannelT = TypeVar("ChannelT")
+StubT = TypeVar("StubT")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """gRPC's retry policy, for UNAVAILABLE only: the code our services use for "nothing done, retry"."""
+
+    max_attempts: int = 4  # gRPC caps this at 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 2.0
+    backoff_multiplier: float = 2.0
+
+
+RETRY = RetryPolicy()
+
+
+def service_config(retry: RetryPolicy) -> str:
+    """The `grpc.service_config` JSON that makes the channel itself retry calls to our services."""
+    policy = {
+        "maxAttempts": retry.max_attempts,
+        "initialBackoff": f"{retry.initial_backoff}s",
+        "maxBackoff": f"{retry.max_backoff}s",
+        "backoffMultiplier": retry.backoff_multiplier,
+        "retryableStatusCodes": ["UNAVAILABLE"],
+    }
+    names = [{"service": service} for service in SERVICES]
+    return json.dumps({"methodConfig": [{"name": names, "retryPolicy": policy}]})
+
+
+def channel_options(retry: RetryPolicy = RETRY) -> list[tuple[str, Any]]:
+    return [("grpc.enable_retries", 1), ("grpc.service_config", service_config(retry))]
+
+
+def bearer(tokens: TokenProvider) -> tuple[tuple[str, str]]:
+    return (("authorization", f"Bearer {tokens()}"),)
+
+
+class CallOptions(TypedDict):
+    metadata: tuple[tuple[str, str]]
+    timeout: float
+
+
+def error_reason(error: grpc.RpcError) -> str | None:
+    """The google.rpc.ErrorInfo reason of a failed call (e.g. "SESSION_NOT_FOUND"), if it has one."""
+    # Sync and aio errors both carry code(), details() and trailing_metadata(), all from_call reads.
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason: str = info.reason
+            return reason
+    return None
+
+
+class _Client(Generic[ChannelT, StubT]):
+    """A channel's stub, a token provider and a deadline, turned into the options of each call."""
+
+    stub: Callable[[ChannelT], StubT]  # the generated stub class, set by each client
+
+    def __init__(self, channel: ChannelT, tokens: TokenProvider, deadline: float = DEFAULT_DEADLINE) -> None:
+        self._channel = channel
+        self._stub = self.stub(channel)
+        self._tokens = tokens
+        self._deadline = deadline
+
+    def _call(self) -> CallOptions:
+        return {"metadata": bearer(self._tokens), "timeout": self._deadline}
+
+
+class AsyncClient(_Client[grpc.aio.Channel, StubT]):
+    """Base of the grpc.aio clients: `connect(target, tokens)`, or pass your own channel (TLS, shared);
+    give it `channel_options()` to keep the retry policy."""
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        tokens: TokenProvider,
+        deadline: float = DEFAULT_DEADLINE,
+        retry: RetryPolicy = RETRY,
+    ) -> Self:
+        return cls(grpc.aio.insecure_channel(target, options=channel_options(retry)), tokens, deadline)
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+
+class SyncClient(_Client[grpc.Channel, StubT]):
+    """Base of the blocking clients: `connect(target, tokens)`, or pass your own grpc.Channel."""
+
+    @classmethod
+    def connect(
+        cls,
+        target: str,
+        tokens: TokenProvider,
+        deadline: float = DEFAULT_DEADLINE,
+        retry: RetryPolicy = RETRY,
+    ) -> Self:
+        return cls(grpc.insecure_channel(target, options=channel_options(retry)), tokens, deadline)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
