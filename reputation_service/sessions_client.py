@@ -27,7 +27,9 @@ TRANSIENT = {
     grpc.StatusCode.CANCELLED,
 }
 # Reconnect quickly after an outage: the relay's own backoff decides how often to retry.
+# round_robin spreads calls over every session replica the target's DNS name resolves to.
 CHANNEL_OPTIONS = [
+    ("grpc.lb_policy_name", "round_robin"),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
