@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: run test gen token proto-baseline
+.PHONY: run test gen token proto-baseline bench
 
 $(READY): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ gen: $(READY)
 # USER=<uuid> on the command line; the CLI rejects anything that is not a UUID.
 token: $(READY)
 	@$(BIN)/python -m common.devstack token --user "$(USER)"
+
+# Starts its own stack on a fresh embedded PostgreSQL; the report lands in bench/results/.
+bench: $(READY)
+	$(BIN)/python -m bench
 
 # The contract other teams build against. Refresh only for a deliberate, announced change
 # (a new major version, or before the first release); never to silence `buf breaking`.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -24,7 +25,7 @@ from grpc_reflection.v1alpha import reflection
 from grpc_status import rpc_status
 
 from common.auth import Access, TokenVerifier
-from common.config import ConfigError, database_url
+from common.config import ConfigError, database_url, positive_int
 from common.db import is_connection_error, migrate
 from common.errors import DatabaseUnavailable, InvalidArgument, ServiceError
 from common.metrics import Metrics
@@ -41,6 +42,8 @@ SERVER_OPTIONS = [
 ]
 HEALTH_INTERVAL_SECONDS = 1.0
 SHUTDOWN_GRACE_SECONDS = 10.0
+# Set by main() in each worker of a multi-worker service; build_server's default for reuse_port.
+_SHARED_PORT: contextvars.ContextVar[bool] = contextvars.ContextVar("shared_port", default=False)
 
 
 def rich_status(error: ServiceError, domain: str) -> grpc.Status:
@@ -244,13 +247,17 @@ def build_server(
     bindings: Iterable[ServiceBinding],
     probe: Callable[[], Awaitable[bool]],
     metrics: Metrics,
+    reuse_port: bool | None = None,
 ) -> AppServer:
     """Creates (does not start) a grpc.aio server with the services, health, reflection and
     `metrics` (served on their own port from `start()`)."""
     bindings = list(bindings)
+    # SO_REUSEPORT only for the workers of one service (reuse_port None: as main() decided).
+    shared = _SHARED_PORT.get() if reuse_port is None else reuse_port
+    options = [(key, int(shared) if key == "grpc.so_reuseport" else value) for key, value in SERVER_OPTIONS]
     server = grpc.aio.server(
         interceptors=[CallInterceptor(domain, verifier, {b.name: b.access for b in bindings}, metrics)],
-        options=SERVER_OPTIONS,
+        options=options,
     )
     for binding in bindings:
         binding.register(binding.servicer, server)
@@ -330,18 +337,49 @@ def main(
             asyncio.run(migrate(url, package))
             return 0
         settings = load(os.environ)
+        workers_variable = database_variable.replace("DATABASE_URL", "WORKERS")
+        workers = positive_int(os.environ, workers_variable, 1)
+        if workers > 1 and settings.listen.endswith(":0"):
+            raise ConfigError(workers_variable, "needs a fixed port to listen on: port 0 cannot be shared")
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
     configure_logging()
 
     async def serve() -> None:
+        _SHARED_PORT.set(workers > 1)
         # The grpc.aio server must be created inside the running event loop.
         await serve_until_signal(create(settings))
 
-    try:
-        asyncio.run(serve())
-    except ListenError as error:
-        print(f"{package}: {error}", file=sys.stderr)
-        return 1
-    return 0
+    def run() -> int:
+        try:
+            asyncio.run(serve())
+        except ListenError as error:
+            print(f"{package}: {error}", file=sys.stderr)
+            return 1
+        return 0
+
+    # Workers are forked before any event loop or gRPC object exists (gRPC does not survive a
+    # fork); each then serves on the shared port and the kernel spreads connections among them.
+    children = []
+    for _ in range(workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                code = run()
+            except Exception:
+                log.exception({"event": "worker_failed"})
+            finally:
+                sys.stderr.flush()
+                os._exit(code)
+        children.append(pid)
+    code = run()
+    # This process served until SIGTERM/SIGINT (or could not start): the workers stop with it.
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in children:
+        if os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) != 0:
+            code = code or 1
+    return code

@@ -1,0 +1,175 @@
+"""`python -m bench [--smoke] [--out DIR]`: start the stack, seed it, measure, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from bench import report, seed
+from bench.cases import KINDS, Runner, Timing, median
+from bench.loadgen import LoadPool
+from bench.stack import Stack
+from bench.workloads import SCENARIOS
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCALE_SCENARIOS = ("GetSession", "ListSessions", "ListMessages")
+
+
+@dataclass(frozen=True)
+class Settings:
+    smoke: bool
+    concurrency: tuple[int, ...]
+    repeat: int
+    warmup: float
+    window: float
+    lead: float  # seconds load processes get to connect before a run starts
+    clients: int
+    small: int  # sessions in the read set the scenarios use, and the scale table's small size
+    large: int
+    conversation: int  # messages in the one long session ListMessages pages through
+    workers_scenarios: tuple[str, ...]
+    workers_concurrency: int
+
+
+FULL = Settings(
+    smoke=False,
+    concurrency=(1, 16, 64),
+    repeat=3,
+    warmup=0.5,
+    window=1.5,
+    lead=0.3,
+    clients=max(2, (os.cpu_count() or 2) // 2),
+    small=10_000,
+    large=1_000_000,
+    conversation=10_000,
+    workers_scenarios=("GetSession", "CreateSession"),
+    workers_concurrency=64,
+)
+SMOKE = replace(FULL, smoke=True, concurrency=(4,), repeat=1, warmup=0.1, window=0.3, lead=0.2, clients=2)
+SMOKE = replace(SMOKE, small=500, large=5_000, conversation=300, workers_concurrency=4)
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _scenarios(runner: Runner, settings: Settings) -> dict[str, Any]:
+    """Every scenario at every concurrency; the kinds alternate within each repetition so a busy
+    moment on the machine hits all of them alike."""
+    results: dict[str, Any] = {}
+    for scenario in SCENARIOS:
+        for concurrency in settings.concurrency:
+            runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+            for _ in range(settings.repeat):
+                for kind in KINDS:
+                    runs[kind].append(runner.once(scenario, kind, concurrency))
+            kinds = {kind: median(kind_runs) for kind, kind_runs in runs.items()}
+            results.setdefault(scenario, {})[str(concurrency)] = kinds
+            service, fused = kinds["service"], kinds["fused"]
+            ratio = service["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
+            _say(f"{scenario:18} c={concurrency:<3} {service['ops_per_s']:9,.0f} ops/s  ÷ fused {ratio:.2f}")
+    return results
+
+
+def _workers(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        s: {"concurrency": settings.workers_concurrency} for s in settings.workers_scenarios
+    }
+    for workers in (1, 2):
+        if stack.workers != workers:
+            stack.stop_services()
+            stack.start_services(workers)
+        for scenario in settings.workers_scenarios:
+            case = runner.case(scenario, "service", settings.workers_concurrency)
+            results[scenario][str(workers)] = case
+            _say(f"{scenario:18} {workers} worker(s) {case['ops_per_s']:9,.0f} ops/s")
+    for case in results.values():
+        case["speedup"] = case["2"]["ops_per_s"] / case["1"]["ops_per_s"] if case["1"]["ops_per_s"] else 0.0
+    return results
+
+
+def _scale(runner: Runner, stack: Stack, settings: Settings, small: dict[str, Any]) -> dict[str, Any]:
+    """Seeds the large set next to the small one and measures the same reads on it."""
+    _say(f"seeding {settings.large:,} sessions")
+    large_data, rows, seconds = asyncio.run(seed.seed_set(stack.dsns[0], "large", settings.large))
+    data = replace(runner.data, set_tag=large_data.set_tag, set_size=large_data.set_size)
+    large = {name: runner.case(name, "service", 1, data) for name in SCALE_SCENARIOS}
+    cases = {name: {"small": small[name], "large": large[name]} for name in SCALE_SCENARIOS}
+    for case in cases.values():
+        for figure in ("p50", "p99"):
+            before, after = case["small"][f"{figure}_ms"], case["large"][f"{figure}_ms"]
+            case[f"{figure}_ratio"] = after / before if before else 0.0
+    return {
+        "sizes": {"small": settings.small, "large": settings.large},
+        "rows": {"large": rows},
+        "seed_seconds": {"large": seconds},
+        "conversation": settings.conversation,
+        "cases": cases,
+    }
+
+
+def run(settings: Settings, out: Path) -> Path:
+    began = time.monotonic()
+    result: dict[str, Any] = {"settings": asdict(settings)}
+    with tempfile.TemporaryDirectory(prefix="bench-") as folder, contextlib.ExitStack() as cleanup:
+        stack = Stack(Path(folder))
+        cleanup.callback(stack.close)  # runs last, after the load processes are gone
+        stack.start_database()
+        stack.migrate()
+        result["machine"] = report.machine(asyncio.run(report.postgres_version(stack.dsns[0])))
+        result["settings"]["pool_size"] = stack.pool_size
+        data, small_rows, small_seconds = asyncio.run(
+            seed.seed_set(stack.dsns[0], "small", settings.small, settings.conversation)
+        )
+        stack.start_services(1)
+        for floor in ("echo", "fused"):
+            stack.start_floor(floor)
+        pool = LoadPool(settings.clients)
+        cleanup.callback(pool.close)
+        timing = Timing(settings.warmup, settings.window, settings.repeat, settings.lead)
+        runner = Runner(stack, pool, timing, data)
+        _say(f"stack ready in {time.monotonic() - began:.1f} s; measuring")
+        small = {name: runner.case(name, "service", 1) for name in SCALE_SCENARIOS}
+        result["scenarios"] = _scenarios(runner, settings)
+        result["scale"] = _scale(runner, stack, settings, small)
+        result["scale"]["rows"]["small"] = small_rows
+        result["scale"]["seed_seconds"]["small"] = small_seconds
+        result["workers"] = _workers(runner, stack, settings)
+        cleanup.close()
+        result["peak_rss_mib"] = stack.peaks
+    result["machine"]["load_average_at_end"] = os.getloadavg()
+    result["wall_seconds"] = time.monotonic() - began
+    return report.write(result, out)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny counts and short windows: checks it all runs"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"report folder (default {RESULTS})")
+    parser.add_argument("--repeat", type=int, help="runs per case (median reported)")
+    parser.add_argument("--window", type=float, help="seconds measured per run")
+    parser.add_argument("--clients", type=int, help="load generator processes")
+    args = parser.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so the services, floors and database are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    settings = SMOKE if args.smoke else FULL
+    overrides = {"repeat": args.repeat, "window": args.window, "clients": args.clients}
+    settings = replace(settings, **{key: value for key, value in overrides.items() if value})
+    path = run(settings, args.out)
+    print(f"report: {path} (and {path.with_suffix('.json')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

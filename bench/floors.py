@@ -1,0 +1,197 @@
+"""The yardstick servers, each its own process so its CPU time can be read from /proc:
+
+python -m bench.floors echo PORT    empty unary handler: bytes in, a reply of the size the method names
+python -m bench.floors fused PORT   the same JWT check and SQL as the services, no framework around them
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from typing import Any
+
+import grpc
+import jwt
+from google.protobuf.timestamp_pb2 import Timestamp
+from interview.reputation.v1 import reputation_pb2 as rpb
+from interview.sessions.v1 import sessions_pb2 as pb
+
+from bench import sqlpaths
+from bench.workloads import SCENARIOS
+from common.auth import LEEWAY_SECONDS
+from common.config import jwt_settings, positive_int
+from common.server import SERVER_OPTIONS
+from session_service.store import micros
+
+ECHO_SERVICE = "/bench.Echo/"
+_SESSION_STATUS = {
+    "active": pb.SESSION_STATUS_ACTIVE,
+    "paused": pb.SESSION_STATUS_PAUSED,
+    "completed": pb.SESSION_STATUS_COMPLETED,
+}
+_ROLE = {"question": pb.MESSAGE_ROLE_QUESTION, "answer": pb.MESSAGE_ROLE_ANSWER}
+
+
+class Echo(grpc.GenericRpcHandler):
+    """Answers "/bench.Echo/<n>" with n bytes, whatever it is sent."""
+
+    def __init__(self) -> None:
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if not method.startswith(ECHO_SERVICE):
+            return None
+        if method not in self._handlers:
+            reply = b"\x01" * int(method[len(ECHO_SERVICE) :])
+
+            async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+                return reply
+
+            self._handlers[method] = grpc.unary_unary_rpc_method_handler(echo)
+        return self._handlers[method]
+
+
+def _stamp(moment: Any) -> Timestamp | None:
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+def _text(value: Any) -> str:
+    return str(value) if value is not None else ""
+
+
+def session_pb(row: Any) -> pb.Session:
+    return pb.Session(
+        session_id=str(row["session_id"]),
+        user_id=str(row["user_id"]),
+        partner_user_id=_text(row["partner_user_id"]),
+        job_posting_id=_text(row["job_posting_id"]),
+        status=_SESSION_STATUS[row["status"]],  # type: ignore[arg-type]
+        current_question_number=row["current_question_number"],
+        retake_number=row["retake_number"],
+        original_session_id=_text(row["original_session_id"]),
+        create_time=_stamp(row["create_time"]),
+        update_time=_stamp(row["update_time"]),
+        complete_time=_stamp(row["complete_time"]),
+    )
+
+
+def message_pb(row: Any) -> pb.SessionMessage:
+    return pb.SessionMessage(
+        message_id=str(row["message_id"]),
+        session_id=str(row["session_id"]),
+        role=_ROLE[row["role"]],  # type: ignore[arg-type]
+        content=row["content"],
+        question_number=row["question_number"],
+        create_time=_stamp(row["create_time"]),
+    )
+
+
+def reply(pools: sqlpaths.Pools, scenario: str, caller: str, request: Any, result: Any) -> Any:
+    """The same reply message the service builds from the same rows."""
+    page = sqlpaths.PAGE
+    if scenario == "ListSessions":
+        token = ""
+        if len(result) > page:
+            last = result[page - 1]
+            token = pools.tokens.encode(
+                f"sessions:{caller}:None", [micros(last["create_time"]), str(last["session_id"])]
+            )
+        return pb.ListSessionsResponse(sessions=[session_pb(r) for r in result[:page]], next_page_token=token)
+    if scenario == "ListMessages":
+        scope = f"messages:{caller}:{request.session_id}"
+        token = pools.tokens.encode(scope, [result[page - 1]["seq"]]) if len(result) > page else ""
+        return pb.ListMessagesResponse(messages=[message_pb(r) for r in result[:page]], next_page_token=token)
+    if scenario == "AppendMessage":
+        return message_pb(result)
+    if scenario == "ConfirmCompletion":
+        confirmed = list(result["confirmed_user_ids"])
+        delivered = result["deliver_time"] is not None
+        awarded = result["award_time"] is not None
+        return rpb.Confirmation(
+            session_id=str(result["session_id"]),
+            confirmed_user_ids=confirmed,
+            both_confirmed=len(confirmed) == 2,
+            reputation_awarded=awarded,
+            session_status=_SESSION_STATUS["completed" if delivered else result["last_known_status"]],  # type: ignore[arg-type]
+            completion_pending=awarded and not delivered,
+        )
+    return session_pb(result)
+
+
+def fused_handlers(pools: sqlpaths.Pools) -> list[grpc.GenericRpcHandler]:
+    """One bare handler per scenario: check the token as TokenVerifier does, run the SQL, reply."""
+    settings = jwt_settings(os.environ)
+    key = jwt.get_algorithm_by_name(settings.algorithm).prepare_key(settings.key)
+
+    def handler(scenario: str) -> grpc.RpcMethodHandler:
+        path = sqlpaths.PATHS[scenario]
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = str(dict(context.invocation_metadata() or ()).get("authorization", "")).partition(" ")[2]
+            try:
+                claims = jwt.decode(
+                    token.strip(),
+                    key,
+                    algorithms=[settings.algorithm],
+                    audience=settings.audience,
+                    issuer=settings.issuer,
+                    leeway=LEEWAY_SECONDS,
+                    options={"require": ["exp", "iss", "aud", "sub"]},
+                )
+                caller = str(uuid.UUID(claims["sub"]))
+            except (jwt.InvalidTokenError, ValueError):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+            try:
+                result = await path(pools, caller, request)
+            except sqlpaths.NotFound as error:
+                await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            return reply(pools, scenario, caller, request, result)
+
+        spec = SCENARIOS[scenario]
+        return grpc.unary_unary_rpc_method_handler(
+            call,
+            request_deserializer=spec.request.FromString,
+            response_serializer=spec.response.SerializeToString,
+        )
+
+    services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    for name, spec in SCENARIOS.items():
+        service, method = spec.method.strip("/").split("/")
+        services.setdefault(service, {})[method] = handler(name)
+    return [grpc.method_handlers_generic_handler(service, methods) for service, methods in services.items()]
+
+
+async def serve(kind: str, port: int) -> None:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pools = None
+    if kind == "echo":
+        server.add_generic_rpc_handlers((Echo(),))
+    else:
+        size = positive_int(os.environ, "SESSION_DB_POOL_SIZE", 10)
+        key = jwt_settings(os.environ).key.encode()
+        pools = await sqlpaths.open_pools(
+            os.environ["BENCH_SESSION_DSN"], os.environ["BENCH_REPUTATION_DSN"], size, key
+        )
+        server.add_generic_rpc_handlers(fused_handlers(pools))
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await server.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop(1)
+    if pools is not None:
+        await sqlpaths.close_pools(pools)
+
+
+if __name__ == "__main__":
+    asyncio.run(serve(sys.argv[1], int(sys.argv[2])))

@@ -1,0 +1,179 @@
+"""The report: a header naming the machine, then the tables, as markdown and as JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+
+from bench.cases import KINDS
+
+PACKAGES = ("grpcio", "protobuf", "SQLAlchemy", "asyncpg", "PyJWT")
+SCALE_TARGET = 1.3
+
+
+async def postgres_version(dsn: str) -> str:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return str(await conn.fetchval("SELECT version()"))
+    finally:
+        await conn.close()
+
+
+def machine(postgres: str) -> dict[str, Any]:
+    model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        model = next(
+            (
+                line.split(":", 1)[1].strip()
+                for line in cpuinfo.read_text().splitlines()
+                if line.startswith("model name")
+            ),
+            "",
+        )
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "host": platform.node(),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "postgres": postgres,
+        "packages": {name: metadata.version(name) for name in PACKAGES},
+        "load_average_at_start": os.getloadavg(),
+    }
+
+
+def _f(value: float) -> str:
+    if value >= 100:
+        return f"{value:,.0f}"
+    return f"{value:.2f}" if value >= 1 else f"{value:.3f}"
+
+
+def _table(head: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+
+
+def markdown(report: dict[str, Any]) -> str:
+    m, s = report["machine"], report["settings"]
+    versions = ", ".join(f"{name} {version}" for name, version in m["packages"].items())
+    out = [
+        "# Benchmark" + (" (smoke run: tiny counts, numbers mean nothing)" if s["smoke"] else ""),
+        "",
+        f"- **Machine**: {m['host']}, {m['cores']} cores ({m['cpu']}), {m['os']}",
+        f"- **Software**: Python {m['python']}; {m['postgres']}; {versions}",
+        f"- **When**: {m['date']}; load average {_load(m['load_average_at_start'])} at start, "
+        f"{_load(m['load_average_at_end'])} at end; wall time {report['wall_seconds']:.0f} s",
+        f"- **Method**: closed loop from {s['clients']} load processes; {s['warmup']} s warm-up, then "
+        f"{s['window']} s measured per run; median of {s['repeat']} runs; DB pool {s['pool_size']} per "
+        "process. Server CPU = utime+stime of the server processes over the window / calls; PG CPU = "
+        "the same for the postmaster and its backends (embedded database only).",
+        "- **Floors**: *fused* = bare grpc.aio handler, same JWT check and SQL on asyncpg; *db* = that SQL "
+        "on asyncpg from one process, no gRPC; *rpc* = empty grpc.aio echo of the same message sizes.",
+        "",
+        "## Throughput and latency (service; floors' throughput beside)",
+        "",
+    ]
+    rows, cpu_rows = [], []
+    for scenario, by_concurrency in report["scenarios"].items():
+        for concurrency, kinds in by_concurrency.items():
+            svc, fused = kinds["service"], kinds["fused"]
+            ratio = svc["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
+            figures = [svc["ops_per_s"], svc["p50_ms"], svc["p95_ms"], svc["p99_ms"]]
+            floors = [kinds[kind]["ops_per_s"] for kind in ("fused", "db", "rpc")]
+            errors = str(sum(kind["errors"] for kind in kinds.values()))
+            rows.append(
+                [scenario, concurrency, *map(_f, figures), f"**{ratio:.2f}**", *map(_f, floors), errors]
+            )
+            cpu = [kinds[kind]["cpu_us_per_call"] for kind in KINDS]
+            cpu_rows.append(
+                [
+                    scenario,
+                    concurrency,
+                    *map(_f, cpu),
+                    _f(svc["pg_cpu_us_per_call"]),
+                    _f(fused["pg_cpu_us_per_call"]),
+                ]
+            )
+    head = ["scenario", "conc", "ops/s", "p50 ms", "p95 ms", "p99 ms", "÷ fused", "fused ops/s", "db ops/s"]
+    out += _table([*head, "rpc ops/s", "errors"], rows)
+    out += ["## CPU per call (µs)", ""]
+    out += _table(["scenario", "conc", *KINDS, "PG (service)", "PG (fused)"], cpu_rows)
+    out += _scale(report["scale"]) + _workers(report["workers"])
+    out += ["## Peak RSS (VmHWM)", ""]
+    out += _table(["process", "MiB"], [[name, _f(mib)] for name, mib in report["peak_rss_mib"].items()])
+    return "\n".join(out)
+
+
+def _load(values: list[float]) -> str:
+    return "/".join(f"{v:.1f}" for v in values)
+
+
+def _scale(scale: dict[str, Any]) -> list[str]:
+    small, large = scale["sizes"]["small"], scale["sizes"]["large"]
+    rows_small, rows_large = scale["rows"]["small"]["sessions"], scale["rows"]["large"]["sessions"]
+    out = [
+        "## Scale: latency with the sessions table small and large",
+        "",
+        f"Concurrency 1. Seeded sets of {small:,} and {large:,} sessions (rows in the table then: "
+        f"{rows_small:,} and {rows_large:,}); ListMessages pages through one session of "
+        f"{scale['conversation']:,} messages. Seeding the large set took "
+        f"{scale['seed_seconds']['large']:.1f} s. Target: large/small p50 ≤ {SCALE_TARGET}.",
+        "",
+    ]
+    rows = []
+    for scenario, case in scale["cases"].items():
+        a, b = case["small"], case["large"]
+        verdict = "yes" if case["p50_ratio"] <= SCALE_TARGET else "NO"
+        p50, p99 = f"**{case['p50_ratio']:.2f}**", f"{case['p99_ratio']:.2f}"
+        rows.append(
+            [scenario, _f(a["p50_ms"]), _f(b["p50_ms"]), p50, _f(a["p99_ms"]), _f(b["p99_ms"]), p99, verdict]
+        )
+    head = [
+        "scenario",
+        "p50 ms small",
+        "p50 ms large",
+        "p50 ratio",
+        "p99 ms small",
+        "p99 ms large",
+        "p99 ratio",
+    ]
+    return out + _table([*head, "≤ target"], rows)
+
+
+def _workers(workers: dict[str, Any]) -> list[str]:
+    out = ["## Workers: SESSION_WORKERS / REPUTATION_WORKERS = 1 vs 2", ""]
+    rows = []
+    for scenario, case in workers.items():
+        one, two = case["1"], case["2"]
+        figures = [(one[key], two[key]) for key in ("ops_per_s", "p50_ms", "cpu_us_per_call")]
+        pairs = [_f(value) for pair in figures for value in pair]
+        rows.append([scenario, str(case["concurrency"]), *pairs[:2], f"{case['speedup']:.2f}", *pairs[2:]])
+    head = [
+        "scenario",
+        "conc",
+        "ops/s 1",
+        "ops/s 2",
+        "speedup",
+        "p50 ms 1",
+        "p50 ms 2",
+        "CPU µs 1",
+        "CPU µs 2",
+    ]
+    return out + _table(head, rows)
+
+
+def write(report: dict[str, Any], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "latest.json").write_text(json.dumps(report, indent=1, default=str))
+    path = folder / "latest.md"
+    path.write_text(markdown(report))
+    return path

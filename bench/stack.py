@@ -1,0 +1,179 @@
+"""The system under test as real processes: PostgreSQL (embedded in a temp folder unless the
+environment names databases), both services as `python -m <package>` after `migrate`, and the
+floor servers; with /proc readings of their CPU time and peak memory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from bench.procs import children, cpu_seconds, die_with_parent, free_port, peak_rss_mib, terminate
+from common.config import JwtSettings, positive_int
+from common.db import start_embedded, stop_embedded
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = {"session": "session_service", "reputation": "reputation_service"}
+READY_SECONDS = 60
+
+
+def _asyncpg_dsn(url: str) -> str:
+    return "postgresql://" + url.split("://", 1)[1]
+
+
+class Stack:
+    """PostgreSQL, both services (restartable with N workers) and the floor servers."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.jwt = JwtSettings("HS256", secrets.token_urlsafe(48), "interview-dev", "interview")
+        self.ports = {name: free_port() for name in PACKAGES}
+        self.pool_size = positive_int(os.environ, "SESSION_DB_POOL_SIZE", 10)
+        self.embedded = False
+        self.dsns = ("", "")
+        self.services: dict[str, subprocess.Popen[bytes]] = {}
+        self.floors: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        self.peaks: dict[str, float] = {}  # "<process> (<workers>)" -> VmHWM MiB
+        self.workers = 1
+
+    def start_database(self) -> None:
+        session = os.environ.get("SESSION_DATABASE_URL", "")
+        reputation = os.environ.get("REPUTATION_DATABASE_URL", "")
+        if not (session and reputation):
+            url = start_embedded(self.workdir)
+            self.embedded = True
+            session, reputation = session or url, reputation or url
+        self.dsns = (_asyncpg_dsn(session), _asyncpg_dsn(reputation))
+
+    def env(self, workers: int = 1) -> dict[str, str]:
+        env = {key: value for key, value in os.environ.items() if key != "SERVICE_SIGNING_KEY"}
+        session_listen = f"127.0.0.1:{self.ports['session']}"
+        env.update(
+            JWT_ALGORITHM=self.jwt.algorithm,
+            JWT_KEY=self.jwt.key,
+            JWT_ISSUER=self.jwt.issuer,
+            JWT_AUDIENCE=self.jwt.audience,
+            SESSION_LISTEN=session_listen,
+            REPUTATION_LISTEN=f"127.0.0.1:{self.ports['reputation']}",
+            SESSION_SERVICE_TARGET=session_listen,
+            SESSION_DATABASE_URL=self.dsns[0],
+            REPUTATION_DATABASE_URL=self.dsns[1],
+            SESSION_METRICS_LISTEN="127.0.0.1:0",
+            REPUTATION_METRICS_LISTEN="127.0.0.1:0",
+            SESSION_WORKERS=str(workers),
+            REPUTATION_WORKERS=str(workers),
+            DATA_DIR=str(self.workdir),
+            BENCH_SESSION_DSN=self.dsns[0],
+            BENCH_REPUTATION_DSN=self.dsns[1],
+        )
+        return env
+
+    def migrate(self) -> None:
+        for package in PACKAGES.values():
+            done = subprocess.run(
+                [sys.executable, "-m", package, "migrate"], env=self.env(), cwd=ROOT, capture_output=True
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"{package} migrate failed: {done.stderr.decode()[-2000:]}")
+
+    def _spawn(self, args: list[str], log: Path, env: dict[str, str], stdout: int) -> subprocess.Popen[bytes]:
+        # A session of its own: Ctrl-C reaches only the bench, which then stops these in order.
+        with log.open("ab") as sink:  # appending, so trim_logs() can empty it under the writer
+            return subprocess.Popen(
+                [sys.executable, *args],
+                preexec_fn=die_with_parent,
+                env=env,
+                cwd=ROOT,
+                stdout=stdout,
+                stderr=sink,
+                start_new_session=True,
+            )
+
+    def trim_logs(self, limit: int = 64 * 1024 * 1024) -> None:
+        """Empties the services' logs once large: one line per call adds up over a long run."""
+        for log in self.workdir.glob("*.log"):
+            if log.stat().st_size > limit:
+                os.truncate(log, 0)
+
+    def start_services(self, workers: int = 1) -> None:
+        self.workers = workers
+        for name, package in PACKAGES.items():
+            log = self.workdir / f"{package}.log"
+            log.write_bytes(b"")
+            process = self._spawn(["-m", package], log, self.env(workers), subprocess.DEVNULL)
+            self.services[name] = process
+            self._wait_serving(name, process, log, workers)
+
+    def _wait_serving(self, name: str, process: subprocess.Popen[bytes], log: Path, workers: int) -> None:
+        deadline = time.monotonic() + READY_SECONDS
+        with grpc.insecure_channel(f"127.0.0.1:{self.ports[name]}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline and process.poll() is None:
+                listening = log.read_text(errors="replace").count('"event": "listening"')
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                except grpc.RpcError:
+                    status = None
+                if listening >= workers and status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+                time.sleep(0.1)
+        tail = log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{PACKAGES[name]} did not become healthy:\n{tail}")
+
+    def service_pids(self, only: str | None = None) -> list[int]:
+        pids = []
+        for name, process in self.services.items():
+            if only in (None, name):
+                pids += [process.pid, *children(process.pid)]
+        return pids
+
+    def postgres_cpu(self) -> float:
+        """The postmaster and every backend, live or exited since (0 for a database not ours)."""
+        pidfile = self.workdir / "pg" / "postmaster.pid"
+        if not self.embedded or not pidfile.exists():
+            return 0.0
+        postmaster = int(pidfile.read_text().split()[0])
+        return cpu_seconds(postmaster, reaped_children=True) + sum(
+            cpu_seconds(p) for p in children(postmaster)
+        )
+
+    def _record_peaks(self, label: str, pids: list[int]) -> None:
+        for index, pid in enumerate(pids):
+            key = f"{label} #{index + 1}" if len(pids) > 1 else label
+            try:
+                self.peaks[key] = max(self.peaks.get(key, 0.0), peak_rss_mib(pid))
+            except FileNotFoundError:
+                continue
+
+    def stop_services(self) -> None:
+        for name, process in self.services.items():
+            self._record_peaks(
+                f"{PACKAGES[name]} ({self.workers} worker{'s' * (self.workers > 1)})", self.service_pids(name)
+            )
+            terminate(process)
+        self.services = {}
+
+    def start_floor(self, kind: str) -> int:
+        port = free_port()
+        log = self.workdir / f"{kind}.log"
+        process = self._spawn(["-m", "bench.floors", kind, str(port)], log, self.env(), subprocess.PIPE)
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the {kind} floor did not start: {log.read_text()[-2000:]}")
+        self.floors[kind] = (process, port)
+        return port
+
+    def close(self) -> None:
+        self.stop_services()
+        for kind, (process, _) in self.floors.items():
+            self._record_peaks(f"{kind} floor", [process.pid])
+            terminate(process)
+        self.floors = {}
+        if self.embedded:
+            stop_embedded(self.workdir)

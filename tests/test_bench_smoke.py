@@ -1,0 +1,52 @@
+"""`python -m bench --smoke`: the whole benchmark with tiny counts, as a process, report checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from bench.cases import KINDS
+from bench.workloads import SCENARIOS
+
+ROOT = Path(__file__).resolve().parents[1]
+FIGURES = ("ops_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_us_per_call")
+
+
+def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_report(tmp_path):
+    # Its own embedded PostgreSQL, whatever databases this environment points at.
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert str(tmp_path / "latest.md") in done.stdout
+    assert (tmp_path / "latest.md").read_text().startswith("# Benchmark")
+    report = json.loads((tmp_path / "latest.json").read_text())
+
+    assert set(report["scenarios"]) == set(SCENARIOS)
+    for scenario, by_concurrency in report["scenarios"].items():
+        assert by_concurrency, scenario
+        for concurrency, kinds in by_concurrency.items():
+            assert set(kinds) == set(KINDS)
+            for kind, figures in kinds.items():
+                where = (scenario, concurrency, kind)
+                assert figures["errors"] == 0, (where, figures.get("error"))
+                assert not figures["exhausted"], where
+                assert all(figures[name] > 0 for name in FIGURES), (where, figures)
+    for scenario, case in report["scale"]["cases"].items():
+        assert case["small"]["p50_ms"] > 0 and case["large"]["p50_ms"] > 0, scenario
+        assert case["p50_ratio"] > 0, scenario
+    for scenario, case in report["workers"].items():
+        assert case["1"]["ops_per_s"] > 0 and case["2"]["ops_per_s"] > 0, scenario
+        assert case["1"]["errors"] == case["2"]["errors"] == 0, scenario
+    two_workers = [name for name in report["peak_rss_mib"] if "(2 workers)" in name]
+    assert len(two_workers) == 4, report["peak_rss_mib"]  # two processes for each service
+    assert all(mib > 0 for mib in report["peak_rss_mib"].values())
