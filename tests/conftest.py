@@ -58,7 +58,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def whole_suite(request: pytest.FixtureRequest) -> bool:
     """True when this run collected every test (no -k, -m, or narrowed paths)."""
     config = request.config
-    narrowed = config.getoption("keyword") or config.getoption("markexpr") or config.getoption("lf", default=False)
+    narrowed = (
+        config.getoption("keyword") or config.getoption("markexpr") or config.getoption("lf", default=False)
+    )
     everything = all(
         "::" not in arg and Path(config.rootpath, arg).resolve() == Path(config.rootpath, "tests").resolve()
         for arg in config.args
