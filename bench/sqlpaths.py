@@ -1,9 +1,8 @@
-"""The SQL each benchmarked RPC runs on its success path, taken verbatim from the services' stores
-and run on plain asyncpg. The db floor calls these directly; the fused floor behind a bare handler."""
+"""The SQL each benchmarked RPC runs on its success path, the services' own store statements,
+run on plain asyncpg. The db floor calls these directly; the fused floor behind a bare handler."""
 
 from __future__ import annotations
 
-import re
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -11,55 +10,30 @@ from typing import Any, TypeAlias
 
 import asyncpg
 
+from common.db import Query
 from common.fields import PageTokens
 from reputation_service import store as reputation_store
 from session_service import domain
 from session_service import store as session_store
-
-# `:name` binds, but not the `::type` casts the statements also contain.
-_BIND = re.compile(r"(?<![:\w]):([A-Za-z_]\w*)")
 
 
 class NotFound(Exception):
     """The row the call needs is missing or not the caller's (the RPC would answer NOT_FOUND)."""
 
 
-@dataclass(frozen=True)
-class Statement:
-    """A SQLAlchemy text() statement rewritten with asyncpg's $n placeholders."""
-
-    sql: str
-    names: tuple[str, ...]
-
-    def args(self, **params: Any) -> list[Any]:
-        return [params[name] for name in self.names]
-
-
-def positional(clause: Any) -> Statement:
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    return Statement(_BIND.sub(number, clause.text), tuple(names))
-
-
-GET = positional(session_store._GET)
-LIST_SESSIONS = positional(session_store._LIST_SESSIONS[(False, False)])
-CREATE = positional(session_store._CREATE)
-COMPLETE = positional(session_store._TRANSITIONS[(domain.COMPLETE, True)])
-COMPLETE_PAIRED = positional(session_store._TRANSITIONS[(domain.COMPLETE_PAIRED, False)])
-RETAKE = positional(session_store._RETAKE)
-QUESTION = positional(session_store._QUESTION)
-MESSAGES_FIRST = positional(session_store._MESSAGES_FIRST)
-MESSAGES_AFTER = positional(session_store._MESSAGES_AFTER)
-STATE = positional(reputation_store._STATE)
-LOCK_SESSION = positional(reputation_store._LOCK_SESSION)
-CONFIRM = positional(reputation_store._CONFIRM)
-AWARD = positional(reputation_store._AWARD)
-DELIVERED = positional(reputation_store._DELIVERED)
+GET = session_store._GET
+LIST_SESSIONS = session_store._LIST_SESSIONS[(False, False)]
+CREATE = session_store._CREATE
+COMPLETE = session_store._TRANSITIONS[(domain.COMPLETE, True)]
+COMPLETE_PAIRED = session_store._TRANSITIONS[(domain.COMPLETE_PAIRED, False)]
+RETAKE = session_store._RETAKE
+QUESTION = session_store._QUESTION
+MESSAGES = session_store._MESSAGES
+STATE = reputation_store._STATE
+LOCK_SESSION = reputation_store._LOCK_SESSION
+CONFIRM = reputation_store._CONFIRM
+AWARD = reputation_store._AWARD
+DELIVERED = reputation_store._DELIVERED
 # The services' own defaults: a page is 50 rows, fetched as 51 to know whether another follows.
 PAGE = 50
 OUTBOX_LEASE_SECONDS = 10.0
@@ -77,15 +51,15 @@ class Pools:
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
 
 
-async def _row(db: Db, statement: Statement, **params: Any) -> asyncpg.Record:
-    row = await db.fetchrow(statement.sql, *statement.args(**params))
+async def _row(db: Db, statement: Query, **params: Any) -> asyncpg.Record:
+    row = await db.fetchrow(statement.sql, *statement.args(params))
     if row is None:
         raise NotFound(statement.sql.split()[0])
     return row
 
 
-async def _rows(db: Db, statement: Statement, **params: Any) -> list[asyncpg.Record]:
-    return await db.fetch(statement.sql, *statement.args(**params))
+async def _rows(db: Db, statement: Query, **params: Any) -> list[asyncpg.Record]:
+    return await db.fetch(statement.sql, *statement.args(params))
 
 
 def _visible(row: asyncpg.Record, caller: str) -> asyncpg.Record:
@@ -128,15 +102,17 @@ async def append_message(db: Pools, caller: str, request: Any) -> asyncpg.Record
 
 
 async def list_messages(db: Pools, caller: str, request: Any) -> list[asyncpg.Record]:
-    """The session read (visibility), then the page, on one connection as the service does."""
+    """Visibility and the page in the one statement the service runs."""
     session_id = request.session_id
     scope = f"messages:{caller}:{session_id}"
     cursor = db.tokens.decode(scope, request.page_token) if request.page_token else None
-    async with db.sessions.acquire() as conn:
-        _visible(await _row(conn, GET, session_id=session_id), caller)
-        if cursor is None:
-            return await _rows(conn, MESSAGES_FIRST, session_id=session_id, limit=PAGE + 1)
-        return await _rows(conn, MESSAGES_AFTER, session_id=session_id, after=cursor[0], limit=PAGE + 1)
+    after = cursor[0] if cursor else 0
+    rows = await _rows(
+        db.sessions, MESSAGES, session_id=session_id, caller=caller, after=after, limit=PAGE + 1
+    )
+    if not rows:
+        raise NotFound("session")
+    return rows
 
 
 async def confirm_completion(db: Pools, caller: str, request: Any) -> asyncpg.Record:
@@ -151,7 +127,7 @@ async def confirm_completion(db: Pools, caller: str, request: Any) -> asyncpg.Re
     queued = False
     async with db.reputation.acquire() as conn, conn.transaction():
         params = {"session_id": session_id, "user_id": owner, "partner_user_id": partner, "status": status}
-        award_time = await conn.fetchval(LOCK_SESSION.sql, *LOCK_SESSION.args(**params))
+        award_time = await conn.fetchval(LOCK_SESSION.sql, *LOCK_SESSION.args(params))
         confirmed = {str(r[0]) for r in await _rows(conn, CONFIRM, session_id=session_id, caller=caller)}
         if award_time is None and len(confirmed) == 2:
             first, second = sorted(confirmed)
@@ -163,7 +139,7 @@ async def confirm_completion(db: Pools, caller: str, request: Any) -> asyncpg.Re
                 "second_user": second,
                 "lease": OUTBOX_LEASE_SECONDS,
             }
-            awarded = await conn.fetchrow(AWARD.sql, *AWARD.args(**award))
+            awarded = await conn.fetchrow(AWARD.sql, *AWARD.args(award))
             queued = awarded is not None and awarded["queued"] == 1
     if queued:
         await _row(db.sessions, COMPLETE_PAIRED, session_id=session_id)

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import auth
 from common.auth import TokenVerifier, current_user_id
-from common.db import create_engine, ping
+from common.db import connection, create_engine, ping
 from common.fields import Fields, PageTokens
 from common.metrics import Metrics
 from common.server import AppServer, ServiceBinding, build_server
@@ -67,7 +67,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         self._config = config
 
     async def _state(self, session_id: str) -> store.ConfirmationState | None:
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             return await store.confirmation_state(conn, session_id)
 
     async def _participant_view(
@@ -97,7 +97,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         request_id = fields.optional_uuid("request_id", request.request_id)
         fields.done()
         if request_id is not None:
-            async with self._db.connect() as conn:
+            async with connection(self._db) as conn:
                 session_id = await store.session_of_request(conn, caller, request_id) or session_id
         session = await self._participant_view(session_id, caller, await self._state(session_id), True)
         queued = await store.confirm(self._engine, session, caller, request_id, self._config.outbox_lease)
@@ -126,15 +126,15 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         fields = Fields()
         user_id = fields.optional_uuid("user_id", request.user_id) or current_user_id()
         fields.done()
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             row = await store.reputation(conn, user_id)
         if row is None:
             return pb.Reputation(user_id=user_id)
         return pb.Reputation(
             user_id=user_id,
-            score=row.score,
-            confirmed_sessions=row.confirmed_sessions,
-            update_time=_timestamp(row.update_time),
+            score=row["score"],
+            confirmed_sessions=row["confirmed_sessions"],
+            update_time=_timestamp(row["update_time"]),
         )
 
     async def ListReputationEvents(
@@ -147,18 +147,18 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         scope = f"events:{caller}:{user_id}"
         cursor = fields.page_token(self._tokens, scope, request.page_token)
         fields.done()
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             rows = await store.events(conn, user_id, cursor[0] if cursor else None, limit + 1)
-        token = self._tokens.next_token(scope, rows, limit, lambda last: [last.seq])
+        token = self._tokens.next_token(scope, rows, limit, lambda last: [last["seq"]])
         return pb.ListReputationEventsResponse(
             events=[
                 pb.ReputationEvent(
-                    event_id=str(row.event_id),
-                    user_id=str(row.user_id),
-                    session_id=str(row.session_id),
-                    delta=row.delta,
-                    reason=row.reason,
-                    create_time=_timestamp(row.create_time),
+                    event_id=str(row["event_id"]),
+                    user_id=str(row["user_id"]),
+                    session_id=str(row["session_id"]),
+                    delta=row["delta"],
+                    reason=row["reason"],
+                    create_time=_timestamp(row["create_time"]),
                 )
                 for row in rows[:limit]
             ],

@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.db import connection
 from common.errors import ServiceError
 from reputation_service import domain, store
 from reputation_service.sessions_client import SessionsClient
@@ -33,17 +34,17 @@ async def deliver(
         log.warning(
             {"event": "delivery_failed", "session_id": session_id, "reason": error.reason, "retry_in": delay}
         )
-        async with db.connect() as conn:
+        async with connection(db) as conn:
             await store.postpone(conn, session_id, f"{error.reason}: {error.message}", delay)
         return False
     except Exception as error:
         # Not the caller's concern and not a reason to lose the row: log it and retry later.
         delay = domain.retry_delay(attempts, max_delay)
         log.exception({"event": "delivery_error", "session_id": session_id, "retry_in": delay})
-        async with db.connect() as conn:
+        async with connection(db) as conn:
             await store.postpone(conn, session_id, repr(error), delay)
         return False
-    async with db.connect() as conn:
+    async with connection(db) as conn:
         await store.mark_delivered(conn, session_id)
     log.info({"event": "delivered", "session_id": session_id, "attempts": attempts + 1})
     return True
@@ -87,16 +88,16 @@ class Relay:
                     await asyncio.wait_for(self._stopping.wait(), self._interval)
 
     async def _pass(self) -> bool:
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             claimed = await store.claim_due(conn, CLAIM_BATCH, self._lease)
         for session_id, attempts in claimed:
             if self._stopping.is_set():
                 break  # unclaimed rows go back to due when their lease runs out
             await deliver(self._db, self._sessions, session_id, attempts, self._max_delay)
         # Here rather than in the metrics scrape: scrapes run on a thread, the database is async.
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             row = await store.outbox_backlog(conn)
-        self.backlog = (row.rows, row.oldest)
+        self.backlog = (row["rows"], row["oldest"])
         return bool(claimed)
 
     def oldest_age(self) -> float:

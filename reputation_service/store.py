@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
 
-from sqlalchemy import text
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+import asyncpg
+from asyncpg import Record
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common.db import Query, connection
 from reputation_service import domain
 from reputation_service.domain import SessionFacts
 
-_STATE = text(
+_STATE = Query(
     """
     SELECT p.session_id, p.user_id, p.partner_user_id, p.last_known_status, p.award_time,
            o.deliver_time,
@@ -24,17 +24,17 @@ _STATE = text(
      WHERE p.session_id = :session_id
     """
 )
-_BY_REQUEST = text(
+_BY_REQUEST = Query(
     "SELECT session_id FROM reputation.confirmation_requests "
     "WHERE user_id = :caller AND request_id = :request_id"
 )
-_REMEMBER_REQUEST = text(
+_REMEMBER_REQUEST = Query(
     "INSERT INTO reputation.confirmation_requests (user_id, request_id, session_id) "
     "VALUES (:caller, :request_id, :session_id) ON CONFLICT (user_id, request_id) DO NOTHING"
 )
 # Inserts the session's row or, if it exists, locks it: every confirmation of one session
 # runs through this row lock, so "both confirmed and not yet awarded" is decided by one writer.
-_LOCK_SESSION = text(
+_LOCK_SESSION = Query(
     """
     INSERT INTO reputation.paired_sessions (session_id, user_id, partner_user_id, last_known_status)
     VALUES (:session_id, :user_id, :partner_user_id, :status)
@@ -44,7 +44,7 @@ _LOCK_SESSION = text(
     RETURNING award_time
     """
 )
-_CONFIRM = text(
+_CONFIRM = Query(
     """
     WITH added AS (
         INSERT INTO reputation.confirmations (session_id, user_id)
@@ -58,7 +58,7 @@ _CONFIRM = text(
 )
 # Ledger events are unique per (session, user) and scores move only with events that were
 # really inserted; scores are upserted in user-id order so two awards never deadlock.
-_AWARD = text(
+_AWARD = Query(
     f"""
     WITH events AS (
         INSERT INTO reputation.events (event_id, user_id, session_id, delta, reason)
@@ -85,7 +85,7 @@ _AWARD = text(
     RETURNING (SELECT count(*) FROM scored) AS scored, (SELECT count(*) FROM queued) AS queued
     """
 )
-_DELIVERED = text(
+_DELIVERED = Query(
     """
     WITH done AS (
         UPDATE reputation.outbox SET deliver_time = now(), last_error = NULL
@@ -96,7 +96,7 @@ _DELIVERED = text(
      WHERE session_id IN (SELECT session_id FROM done)
     """
 )
-_POSTPONE = text(
+_POSTPONE = Query(
     """
     UPDATE reputation.outbox
        SET attempts = attempts + 1, last_error = :error,
@@ -107,7 +107,7 @@ _POSTPONE = text(
 # Claims due rows by pushing their next attempt a lease into the future and committing at
 # once: no transaction stays open across the remote call, SKIP LOCKED keeps replicas apart,
 # and a replica that dies mid-delivery only delays the row until its lease runs out.
-_CLAIM = text(
+_CLAIM = Query(
     """
     UPDATE reputation.outbox SET next_attempt_time = now() + make_interval(secs => :lease)
      WHERE session_id IN (
@@ -119,17 +119,17 @@ _CLAIM = text(
     RETURNING session_id, attempts
     """
 )
-_BACKLOG = text(
+_BACKLOG = Query(
     "SELECT count(*) AS rows, min(create_time) AS oldest FROM reputation.outbox WHERE deliver_time IS NULL"
 )
-_REPUTATION = text(
+_REPUTATION = Query(
     "SELECT score, confirmed_sessions, update_time FROM reputation.scores WHERE user_id = :user_id"
 )
 _EVENT_COLUMNS = "event_id, user_id, session_id, delta, reason, create_time, seq"
-_EVENTS_FIRST = text(
+_EVENTS_FIRST = Query(
     f"SELECT {_EVENT_COLUMNS} FROM reputation.events WHERE user_id = :user_id ORDER BY seq DESC LIMIT :limit"
 )
-_EVENTS_AFTER = text(
+_EVENTS_AFTER = Query(
     f"SELECT {_EVENT_COLUMNS} FROM reputation.events WHERE user_id = :user_id AND seq < :before "
     "ORDER BY seq DESC LIMIT :limit"
 )
@@ -153,28 +153,28 @@ class ConfirmationState:
         return domain.COMPLETED if self.delivered else self.session.status
 
 
-def _state(row: Row[Any]) -> ConfirmationState:
+def _state(row: Record) -> ConfirmationState:
     return ConfirmationState(
         session=SessionFacts(
-            session_id=str(row.session_id),
-            user_id=str(row.user_id),
-            partner_user_id=str(row.partner_user_id),
-            status=row.last_known_status,
+            session_id=str(row["session_id"]),
+            user_id=str(row["user_id"]),
+            partner_user_id=str(row["partner_user_id"]),
+            status=row["last_known_status"],
         ),
-        confirmed_user_ids=list(row.confirmed_user_ids),
-        awarded=row.award_time is not None,
-        delivered=row.deliver_time is not None,
+        confirmed_user_ids=list(row["confirmed_user_ids"]),
+        awarded=row["award_time"] is not None,
+        delivered=row["deliver_time"] is not None,
     )
 
 
-async def confirmation_state(conn: AsyncConnection, session_id: str) -> ConfirmationState | None:
-    row = (await conn.execute(_STATE, {"session_id": session_id})).first()
+async def confirmation_state(conn: asyncpg.Connection, session_id: str) -> ConfirmationState | None:
+    row = await _STATE.fetchrow(conn, {"session_id": session_id})
     return _state(row) if row is not None else None
 
 
-async def session_of_request(conn: AsyncConnection, caller: str, request_id: str) -> str | None:
-    row = (await conn.execute(_BY_REQUEST, {"caller": caller, "request_id": request_id})).first()
-    return str(row.session_id) if row is not None else None
+async def session_of_request(conn: asyncpg.Connection, caller: str, request_id: str) -> str | None:
+    row = await _BY_REQUEST.fetchrow(conn, {"caller": caller, "request_id": request_id})
+    return str(row["session_id"]) if row is not None else None
 
 
 async def confirm(
@@ -183,7 +183,7 @@ async def confirm(
     """Records `caller`'s confirmation in one transaction; on the second participant's, writes
     both awards and the outbox row. True when this call queued the completion (and so holds
     the outbox row's lease and should deliver it now)."""
-    async with engine.begin() as conn:
+    async with connection(engine) as conn, conn.transaction():
         params = {
             "session_id": session.session_id,
             "user_id": session.user_id,
@@ -192,50 +192,51 @@ async def confirm(
             "caller": caller,
             "request_id": request_id,
         }
-        award_time = (await conn.execute(_LOCK_SESSION, params)).scalar_one()
+        locked = await _LOCK_SESSION.fetchrow(conn, params)
+        assert locked is not None
         if request_id is not None:
-            await conn.execute(_REMEMBER_REQUEST, params)
-        confirmed = {str(user_id) for (user_id,) in await conn.execute(_CONFIRM, params)}
-        if award_time is not None or len(confirmed) < 2:
+            await _REMEMBER_REQUEST.execute(conn, params)
+        confirmed = {str(row["user_id"]) for row in await _CONFIRM.fetch(conn, params)}
+        if locked["award_time"] is not None or len(confirmed) < 2:
             return False
         first, second = sorted(confirmed)
-        awarded = (
-            await conn.execute(
-                _AWARD,
-                {
-                    "session_id": session.session_id,
-                    "first_event": str(uuid.uuid4()),
-                    "first_user": first,
-                    "second_event": str(uuid.uuid4()),
-                    "second_user": second,
-                    "lease": lease,
-                },
-            )
-        ).first()
-        return awarded is not None and awarded.queued == 1
+        awarded = await _AWARD.fetchrow(
+            conn,
+            {
+                "session_id": session.session_id,
+                "first_event": str(uuid.uuid4()),
+                "first_user": first,
+                "second_event": str(uuid.uuid4()),
+                "second_user": second,
+                "lease": lease,
+            },
+        )
+        return awarded is not None and awarded["queued"] == 1
 
 
-async def mark_delivered(conn: AsyncConnection, session_id: str) -> None:
-    await conn.execute(_DELIVERED, {"session_id": session_id})
+async def mark_delivered(conn: asyncpg.Connection, session_id: str) -> None:
+    await _DELIVERED.execute(conn, {"session_id": session_id})
 
 
-async def postpone(conn: AsyncConnection, session_id: str, error: str, delay: float) -> None:
-    await conn.execute(_POSTPONE, {"session_id": session_id, "error": error[:500], "delay": delay})
+async def postpone(conn: asyncpg.Connection, session_id: str, error: str, delay: float) -> None:
+    await _POSTPONE.execute(conn, {"session_id": session_id, "error": error[:500], "delay": float(delay)})
 
 
-async def claim_due(conn: AsyncConnection, limit: int, lease: float) -> list[tuple[str, int]]:
-    rows = await conn.execute(_CLAIM, {"limit": limit, "lease": lease})
-    return [(str(row.session_id), row.attempts) for row in rows]
+async def claim_due(conn: asyncpg.Connection, limit: int, lease: float) -> list[tuple[str, int]]:
+    rows = await _CLAIM.fetch(conn, {"limit": limit, "lease": float(lease)})
+    return [(str(row["session_id"]), row["attempts"]) for row in rows]
 
 
-async def outbox_backlog(conn: AsyncConnection) -> Row[Any]:
-    return (await conn.execute(_BACKLOG)).one()
+async def outbox_backlog(conn: asyncpg.Connection) -> Record:
+    row = await _BACKLOG.fetchrow(conn, {})
+    assert row is not None
+    return row
 
 
-async def reputation(conn: AsyncConnection, user_id: str) -> Row[Any] | None:
-    return (await conn.execute(_REPUTATION, {"user_id": user_id})).first()
+async def reputation(conn: asyncpg.Connection, user_id: str) -> Record | None:
+    return await _REPUTATION.fetchrow(conn, {"user_id": user_id})
 
 
-async def events(conn: AsyncConnection, user_id: str, before_seq: int | None, limit: int) -> list[Row[Any]]:
+async def events(conn: asyncpg.Connection, user_id: str, before_seq: int | None, limit: int) -> list[Record]:
     params = {"user_id": user_id, "before": before_seq, "limit": limit}
-    return list(await conn.execute(_EVENTS_FIRST if before_seq is None else _EVENTS_AFTER, params))
+    return await (_EVENTS_FIRST if before_seq is None else _EVENTS_AFTER).fetch(conn, params)

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from asyncpg import Record
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
-from sqlalchemy.engine import Row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import auth
 from common.auth import TokenVerifier, current_user_id
-from common.db import create_engine, ping
+from common.db import connection, create_engine, ping
 from common.fields import Fields, PageTokens
 from common.metrics import Metrics
 from common.server import AppServer, ServiceBinding, build_server
@@ -44,30 +44,30 @@ def _text(value: Any) -> str:
     return str(value) if value is not None else ""
 
 
-def session_pb(row: Row[Any]) -> pb.Session:
+def session_pb(row: Record) -> pb.Session:
     return pb.Session(
-        session_id=str(row.session_id),
-        user_id=str(row.user_id),
-        partner_user_id=_text(row.partner_user_id),
-        job_posting_id=_text(row.job_posting_id),
-        status=STATUS_NUMBERS[row.status],  # type: ignore[arg-type]
-        current_question_number=row.current_question_number,
-        retake_number=row.retake_number,
-        original_session_id=_text(row.original_session_id),
-        create_time=_timestamp(row.create_time),
-        update_time=_timestamp(row.update_time),
-        complete_time=_timestamp(row.complete_time),
+        session_id=str(row["session_id"]),
+        user_id=str(row["user_id"]),
+        partner_user_id=_text(row["partner_user_id"]),
+        job_posting_id=_text(row["job_posting_id"]),
+        status=STATUS_NUMBERS[row["status"]],  # type: ignore[arg-type]
+        current_question_number=row["current_question_number"],
+        retake_number=row["retake_number"],
+        original_session_id=_text(row["original_session_id"]),
+        create_time=_timestamp(row["create_time"]),
+        update_time=_timestamp(row["update_time"]),
+        complete_time=_timestamp(row["complete_time"]),
     )
 
 
-def message_pb(row: Row[Any]) -> pb.SessionMessage:
+def message_pb(row: Record) -> pb.SessionMessage:
     return pb.SessionMessage(
-        message_id=str(row.message_id),
-        session_id=str(row.session_id),
-        role=ROLE_NUMBERS[row.role],  # type: ignore[arg-type]
-        content=row.content,
-        question_number=row.question_number,
-        create_time=_timestamp(row.create_time),
+        message_id=str(row["message_id"]),
+        session_id=str(row["session_id"]),
+        role=ROLE_NUMBERS[row["role"]],  # type: ignore[arg-type]
+        content=row["content"],
+        question_number=row["question_number"],
+        create_time=_timestamp(row["create_time"]),
     )
 
 
@@ -96,13 +96,13 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         if partner == caller:
             fields.add("partner_user_id", "must differ from the caller")
         fields.done()
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             row = await store.create_session(conn, caller, job_posting_id, partner, request_id)
         return session_pb(row)
 
     async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.Session:
         session_id = _session_id(request)
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             return session_pb(await store.get_session(conn, session_id, current_user_id()))
 
     async def ListSessions(
@@ -118,16 +118,16 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         cursor = fields.page_token(self._tokens, scope, request.page_token)
         fields.done()
         after = (store.from_micros(cursor[0]), cursor[1]) if cursor else None
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             rows = await store.list_sessions(conn, caller, status, after, limit + 1)
         token = self._tokens.next_token(
-            scope, rows, limit, lambda last: [store.micros(last.create_time), str(last.session_id)]
+            scope, rows, limit, lambda last: [store.micros(last["create_time"]), str(last["session_id"])]
         )
         return pb.ListSessionsResponse(sessions=[session_pb(r) for r in rows[:limit]], next_page_token=token)
 
     async def _transition(self, request: Any, transition: Transition) -> pb.Session:
         session_id = _session_id(request)
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             return session_pb(await store.transition(conn, transition, session_id, current_user_id()))
 
     async def PauseSession(self, request: pb.PauseSessionRequest, context: aio.ServicerContext) -> pb.Session:
@@ -150,7 +150,7 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         session_id = fields.uuid("session_id", request.session_id)
         request_id = fields.optional_uuid("request_id", request.request_id)
         fields.done()
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             row = await store.retake_session(conn, session_id, current_user_id(), request_id)
         return session_pb(row)
 
@@ -158,7 +158,7 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         self, request: pb.ListRetakesRequest, context: aio.ServicerContext
     ) -> pb.ListRetakesResponse:
         session_id = _session_id(request)
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             rows = await store.list_retakes(conn, session_id, current_user_id())
         return pb.ListRetakesResponse(sessions=[session_pb(r) for r in rows])
 
@@ -173,7 +173,7 @@ class SessionApi(pb_grpc.SessionServiceServicer):
             fields.add("content", problem)
         request_id = fields.optional_uuid("request_id", request.request_id)
         fields.done()
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             row = await store.append_message(
                 conn, session_id, current_user_id(), role, request.content, request_id
             )
@@ -189,10 +189,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         scope = f"messages:{caller}:{session_id}"
         cursor = fields.page_token(self._tokens, scope, request.page_token)
         fields.done()
-        async with self._db.connect() as conn:
-            await store.get_session(conn, session_id, caller)
-            rows = await store.list_messages(conn, session_id, cursor[0] if cursor else None, limit + 1)
-        token = self._tokens.next_token(scope, rows, limit, lambda last: [last.seq])
+        async with connection(self._db) as conn:
+            rows = await store.list_messages(conn, session_id, caller, cursor[0] if cursor else 0, limit + 1)
+        token = self._tokens.next_token(scope, rows, limit, lambda last: [last["seq"]])
         return pb.ListMessagesResponse(messages=[message_pb(r) for r in rows[:limit]], next_page_token=token)
 
 
@@ -206,14 +205,14 @@ class InternalApi(pb_grpc.SessionInternalServiceServicer):
         self, request: pb.LookupSessionRequest, context: aio.ServicerContext
     ) -> pb.Session:
         session_id = _session_id(request)
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             return session_pb(await store.get_session(conn, session_id, None))
 
     async def CompletePairedSession(
         self, request: pb.CompletePairedSessionRequest, context: aio.ServicerContext
     ) -> pb.Session:
         session_id = _session_id(request)
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             return session_pb(await store.transition(conn, domain.COMPLETE_PAIRED, session_id, None))
 
     async def ReleaseJobPosting(
@@ -222,7 +221,7 @@ class InternalApi(pb_grpc.SessionInternalServiceServicer):
         fields = Fields()
         job_posting_id = fields.uuid("job_posting_id", request.job_posting_id)
         fields.done()
-        async with self._db.connect() as conn:
+        async with connection(self._db) as conn:
             changed = await store.release_job_posting(conn, job_posting_id)
         return pb.ReleaseJobPostingResponse(sessions_updated=changed)
 

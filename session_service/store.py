@@ -7,12 +7,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from asyncpg.exceptions import UniqueViolationError
-from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
-from sqlalchemy.engine import Row
-from sqlalchemy.ext.asyncio import AsyncConnection
+import asyncpg
+from asyncpg import Record
 
+from common.db import Query
 from session_service import domain
 from session_service.domain import SessionFacts, Transition
 
@@ -25,7 +23,7 @@ PARTICIPANT = "(user_id = :caller OR partner_user_id = :caller)"
 # A retake loses at most once per concurrent winner; this bound is never reached in practice.
 MAX_RETAKE_ATTEMPTS = 100
 
-_CREATE = text(
+_CREATE = Query(
     f"""
     INSERT INTO sessions.sessions (session_id, user_id, partner_user_id, job_posting_id, status,
                                    request_id)
@@ -34,11 +32,11 @@ _CREATE = text(
     RETURNING {SESSION_COLUMNS}
     """
 )
-_BY_REQUEST = text(
+_BY_REQUEST = Query(
     f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE user_id = :caller AND request_id = :request_id"
 )
-_GET = text(f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE session_id = :session_id")
-_RETAKE = text(
+_GET = Query(f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE session_id = :session_id")
+_RETAKE = Query(
     f"""
     INSERT INTO sessions.sessions (session_id, user_id, job_posting_id, status, retake_number,
                                    original_session_id, request_id)
@@ -54,7 +52,7 @@ _RETAKE = text(
     RETURNING {SESSION_COLUMNS}
     """
 )
-_RETAKES = text(
+_RETAKES = Query(
     f"""
     SELECT {SESSION_COLUMNS} FROM sessions.sessions
      WHERE COALESCE(original_session_id, session_id) = (
@@ -64,11 +62,11 @@ _RETAKES = text(
      ORDER BY retake_number
     """
 )
-_RELEASE = text(
+_RELEASE = Query(
     "UPDATE sessions.sessions SET job_posting_id = NULL, update_time = now() "
     "WHERE job_posting_id = :job_posting_id"
 )
-_QUESTION = text(
+_QUESTION = Query(
     f"""
     WITH opened AS (
         UPDATE sessions.sessions
@@ -85,7 +83,7 @@ _QUESTION = text(
     """
 )
 # The UPDATE takes the session's row lock, so an answer cannot slip past a concurrent completion.
-_ANSWER = text(
+_ANSWER = Query(
     f"""
     WITH current AS (
         UPDATE sessions.sessions SET update_time = now()
@@ -101,21 +99,26 @@ _ANSWER = text(
     RETURNING {MESSAGE_COLUMNS}
     """
 )
-_MESSAGE_BY_REQUEST = text(
+_MESSAGE_BY_REQUEST = Query(
     f"SELECT {MESSAGE_COLUMNS} FROM sessions.messages "
     "WHERE author_user_id = :caller AND request_id = :request_id"
 )
-_MESSAGES_FIRST = text(
-    f"SELECT {MESSAGE_COLUMNS} FROM sessions.messages WHERE session_id = :session_id "
-    "ORDER BY seq LIMIT :limit"
-)
-_MESSAGES_AFTER = text(
-    f"SELECT {MESSAGE_COLUMNS} FROM sessions.messages WHERE session_id = :session_id "
-    "AND seq > :after ORDER BY seq LIMIT :limit"
+# Visibility and the page in one round trip: no row means no such session for this caller;
+# a row with NULL message columns means a visible session with no (more) messages.
+_MESSAGES = Query(
+    f"""
+    SELECT m.* FROM sessions.sessions s
+      LEFT JOIN LATERAL (
+          SELECT {MESSAGE_COLUMNS} FROM sessions.messages
+           WHERE session_id = s.session_id AND seq > :after
+           ORDER BY seq LIMIT :limit
+      ) AS m ON true
+     WHERE s.session_id = :session_id AND (s.user_id = :caller OR s.partner_user_id = :caller)
+    """
 )
 
 
-def _list_sessions_sql(with_status: bool, with_cursor: bool) -> Any:
+def _list_sessions_sql(with_status: bool, with_cursor: bool) -> Query:
     """Newest first over "owner or partner": each side is its own index range scan, merged."""
     conditions = ""
     if with_status:
@@ -123,7 +126,7 @@ def _list_sessions_sql(with_status: bool, with_cursor: bool) -> Any:
     if with_cursor:
         conditions += " AND (create_time, session_id) < (:after_time, :after_id)"
     order = "ORDER BY create_time DESC, session_id DESC LIMIT :limit"
-    return text(
+    return Query(
         f"""
         SELECT {SESSION_COLUMNS} FROM (
             (SELECT {SESSION_COLUMNS} FROM sessions.sessions
@@ -139,7 +142,7 @@ def _list_sessions_sql(with_status: bool, with_cursor: bool) -> Any:
 _LIST_SESSIONS = {(s, c): _list_sessions_sql(s, c) for s in (False, True) for c in (False, True)}
 
 
-def _transition_sql(transition: Transition, caller_scoped: bool) -> Any:
+def _transition_sql(transition: Transition, caller_scoped: bool) -> Query:
     sources = ", ".join(f"'{status}'" for status in sorted(transition.sources))
     conditions = f"status IN ({sources})"
     if caller_scoped:
@@ -151,7 +154,7 @@ def _transition_sql(transition: Transition, caller_scoped: bool) -> Any:
     if transition.paired_only:
         conditions += " AND partner_user_id IS NOT NULL"
     completed = ", complete_time = now()" if transition.target == domain.COMPLETED else ""
-    return text(
+    return Query(
         f"UPDATE sessions.sessions SET status = '{transition.target}', update_time = now(){completed} "
         f"WHERE session_id = :session_id AND {conditions} RETURNING {SESSION_COLUMNS}"
     )
@@ -164,31 +167,26 @@ _TRANSITIONS = {
 }
 
 
-def facts(row: Row[Any] | None) -> SessionFacts | None:
+def facts(row: Record | None) -> SessionFacts | None:
     if row is None:
         return None
     return SessionFacts(
-        session_id=str(row.session_id),
-        user_id=str(row.user_id),
-        partner_user_id=str(row.partner_user_id) if row.partner_user_id else None,
-        status=row.status,
-        job_posting_id=str(row.job_posting_id) if row.job_posting_id else None,
-        current_question_number=row.current_question_number,
+        session_id=str(row["session_id"]),
+        user_id=str(row["user_id"]),
+        partner_user_id=str(row["partner_user_id"]) if row["partner_user_id"] else None,
+        status=row["status"],
+        job_posting_id=str(row["job_posting_id"]) if row["job_posting_id"] else None,
+        current_question_number=row["current_question_number"],
     )
 
 
-def _is_unique_violation(error: sa_exc.IntegrityError, index: str) -> bool:
-    cause = error.orig.__cause__ if error.orig is not None else None
-    return isinstance(cause, UniqueViolationError) and cause.constraint_name == index
-
-
 async def create_session(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     caller: str,
     job_posting_id: str,
     partner_user_id: str | None,
     request_id: str | None,
-) -> Row[Any]:
+) -> Record:
     params = {
         "session_id": str(uuid.uuid4()),
         "caller": caller,
@@ -196,15 +194,16 @@ async def create_session(
         "job_posting_id": job_posting_id,
         "request_id": request_id,
     }
-    row = (await conn.execute(_CREATE, params)).first()
+    row = await _CREATE.fetchrow(conn, params)
     if row is None:  # the request_id was used before: return what that call created
-        row = (await conn.execute(_BY_REQUEST, params)).one()
+        row = await _BY_REQUEST.fetchrow(conn, params)
+    assert row is not None
     return row
 
 
-async def get_session(conn: AsyncConnection, session_id: str, caller: str | None) -> Row[Any]:
+async def get_session(conn: asyncpg.Connection, session_id: str, caller: str | None) -> Record:
     """The session, if `caller` participates in it (None: a trusted service, sees all)."""
-    row = (await conn.execute(_GET, {"session_id": session_id})).first()
+    row = await _GET.fetchrow(conn, {"session_id": session_id})
     found = facts(row)
     if row is None or found is None or not found.visible_to(caller):
         raise domain.SessionNotFound(session_id)
@@ -212,82 +211,81 @@ async def get_session(conn: AsyncConnection, session_id: str, caller: str | None
 
 
 async def transition(
-    conn: AsyncConnection, transition: Transition, session_id: str, caller: str | None
-) -> Row[Any]:
+    conn: asyncpg.Connection, transition: Transition, session_id: str, caller: str | None
+) -> Record:
     """Applies `transition` in one conditional UPDATE; only if it matches nothing, a read
     decides the error. `caller` None is a trusted service acting on any session."""
     statement = _TRANSITIONS[(transition, caller is not None)]
     while True:
-        row = (await conn.execute(statement, {"session_id": session_id, "caller": caller})).first()
+        row = await statement.fetchrow(conn, {"session_id": session_id, "caller": caller})
         if row is not None:
             return row
-        current = (await conn.execute(_GET, {"session_id": session_id})).first()
+        current = await _GET.fetchrow(conn, {"session_id": session_id})
         refusal = domain.transition_refusal(transition, facts(current), session_id, caller)
         if refusal is not None:
             raise refusal
-        if current is not None and current.status == transition.target:
+        if current is not None and current["status"] == transition.target:
             return current
         # The status moved between the update and the read: try the update again.
 
 
 async def retake_session(
-    conn: AsyncConnection, session_id: str, caller: str, request_id: str | None
-) -> Row[Any]:
+    conn: asyncpg.Connection, session_id: str, caller: str, request_id: str | None
+) -> Record:
     params = {"session_id": session_id, "caller": caller, "request_id": request_id}
     for _ in range(MAX_RETAKE_ATTEMPTS):
         try:
-            row = (await conn.execute(_RETAKE, {**params, "new_id": str(uuid.uuid4())})).first()
-        except sa_exc.IntegrityError as error:
-            if _is_unique_violation(error, "sessions_chain_number"):
+            row = await _RETAKE.fetchrow(conn, {**params, "new_id": str(uuid.uuid4())})
+        except asyncpg.UniqueViolationError as error:
+            if error.constraint_name == "sessions_chain_number":
                 continue  # a concurrent retake took this number; the next try sees it
             raise
         if row is not None:
             return row
         if request_id is not None:
-            earlier = (await conn.execute(_BY_REQUEST, params)).first()
+            earlier = await _BY_REQUEST.fetchrow(conn, params)
             if earlier is not None:
                 return earlier
-        source = (await conn.execute(_GET, params)).first()
+        source = await _GET.fetchrow(conn, params)
         refusal = domain.retake_refusal(facts(source), session_id, caller)
         if refusal is not None:
             raise refusal
     raise RuntimeError(f"retake of {session_id} lost {MAX_RETAKE_ATTEMPTS} races in a row")
 
 
-async def list_retakes(conn: AsyncConnection, session_id: str, caller: str) -> list[Row[Any]]:
-    rows = list(await conn.execute(_RETAKES, {"session_id": session_id, "caller": caller}))
+async def list_retakes(conn: asyncpg.Connection, session_id: str, caller: str) -> list[Record]:
+    rows = await _RETAKES.fetch(conn, {"session_id": session_id, "caller": caller})
     if not rows:
         raise domain.SessionNotFound(session_id)
     return rows
 
 
 async def list_sessions(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     caller: str,
     status: str | None,
     after: tuple[datetime, str] | None,
     limit: int,
-) -> list[Row[Any]]:
+) -> list[Record]:
     params: dict[str, Any] = {"caller": caller, "status": status, "limit": limit}
     if after is not None:
         params["after_time"], params["after_id"] = after
-    statement = _LIST_SESSIONS[(status is not None, after is not None)]
-    return list(await conn.execute(statement, params))
+    return await _LIST_SESSIONS[(status is not None, after is not None)].fetch(conn, params)
 
 
-async def release_job_posting(conn: AsyncConnection, job_posting_id: str) -> int:
-    result = await conn.execute(_RELEASE, {"job_posting_id": job_posting_id})
-    return int(result.rowcount)  # type: ignore[attr-defined]
+async def release_job_posting(conn: asyncpg.Connection, job_posting_id: str) -> int:
+    status = await _RELEASE.execute(conn, {"job_posting_id": job_posting_id})
+    return int(status.rsplit(" ", 1)[1])  # "UPDATE <count>"
 
 
 async def append_message(
-    conn: AsyncConnection,
+    conn: asyncpg.Connection,
     session_id: str,
     caller: str,
     role: str,
     content: str,
     request_id: str | None,
-) -> Row[Any]:
+) -> Record:
     params = {
         "message_id": str(uuid.uuid4()),
         "session_id": session_id,
@@ -298,30 +296,35 @@ async def append_message(
     statement = _QUESTION if role == domain.QUESTION else _ANSWER
     while True:
         try:
-            row = (await conn.execute(statement, params)).first()
-        except sa_exc.IntegrityError as error:
+            row = await statement.fetchrow(conn, params)
+        except asyncpg.UniqueViolationError as error:
             # The whole statement, question counter included, rolled back: return the first call's.
-            if _is_unique_violation(error, "messages_request"):
-                return (await conn.execute(_MESSAGE_BY_REQUEST, params)).one()
-            raise
+            if error.constraint_name != "messages_request":
+                raise
+            row = await _MESSAGE_BY_REQUEST.fetchrow(conn, params)
+            assert row is not None
+            return row
         if row is not None:
             return row
         if request_id is not None:
-            earlier = (await conn.execute(_MESSAGE_BY_REQUEST, params)).first()
+            earlier = await _MESSAGE_BY_REQUEST.fetchrow(conn, params)
             if earlier is not None:
                 return earlier
-        current = (await conn.execute(_GET, params)).first()
+        current = await _GET.fetchrow(conn, params)
         refusal = domain.append_refusal(facts(current), session_id, caller, role)
         if refusal is not None:
             raise refusal
 
 
 async def list_messages(
-    conn: AsyncConnection, session_id: str, after_seq: int | None, limit: int
-) -> list[Row[Any]]:
-    params = {"session_id": session_id, "after": after_seq, "limit": limit}
-    statement = _MESSAGES_FIRST if after_seq is None else _MESSAGES_AFTER
-    return list(await conn.execute(statement, params))
+    conn: asyncpg.Connection, session_id: str, caller: str, after_seq: int, limit: int
+) -> list[Record]:
+    """Up to `limit` messages after `after_seq` (0 = from the start) of a session `caller` sees."""
+    params = {"session_id": session_id, "caller": caller, "after": after_seq, "limit": limit}
+    rows = await _MESSAGES.fetch(conn, params)
+    if not rows:
+        raise domain.SessionNotFound(session_id)
+    return [row for row in rows if row["message_id"] is not None]
 
 
 def micros(moment: datetime) -> int:
