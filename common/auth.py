@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,9 @@ from common.config import JwtSettings
 from common.errors import PermissionDenied, Unauthenticated
 
 LEEWAY_SECONDS = 30
+# Verified tokens kept per process. A token's verdict cannot change before it expires, and
+# callers reuse one token for many calls: decoding it again cost more CPU than the query.
+TOKEN_CACHE_SIZE = 4096
 SERVICE_PREFIX = "service:"
 INTERNAL_ROLE = "sessions.internal"
 
@@ -45,17 +49,36 @@ def _prepared_key(algorithm: str, key: str) -> Any:
 class TokenVerifier:
     """Verifies `authorization: Bearer <JWT>` values against one pinned algorithm and key."""
 
-    def __init__(self, settings: JwtSettings) -> None:
+    def __init__(self, settings: JwtSettings, clock: Callable[[], float] = time.time) -> None:
         self._settings = settings
         self._key = _prepared_key(settings.algorithm, settings.key)
+        self._clock = clock
+        self._verified: dict[str, tuple[Principal, float]] = {}
 
     def verify(self, authorization: str | None) -> Principal:
         scheme, _, token = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
             raise Unauthenticated("missing bearer token in the authorization metadata")
+        cached = self._verified.get(token)
+        if cached is not None and self._clock() <= cached[1]:
+            return cached[0]
+        principal, valid_until = self._decode(token)
+        if len(self._verified) >= TOKEN_CACHE_SIZE:
+            # Drop expired entries; if all are live, the oldest goes (dicts keep insertion order).
+            now = self._clock()
+            for stale in [key for key, (_, until) in self._verified.items() if until < now]:
+                del self._verified[stale]
+            if len(self._verified) >= TOKEN_CACHE_SIZE:
+                del self._verified[next(iter(self._verified))]
+        self._verified[token] = (principal, valid_until)
+        return principal
+
+    def _decode(self, token: str) -> tuple[Principal, float]:
+        """The token's principal and the last moment a fresh decode would still accept it."""
         try:
             claims = jwt.decode(
-                token.strip(),
+                token,
                 self._key,
                 algorithms=[self._settings.algorithm],
                 audience=self._settings.audience,
@@ -67,7 +90,7 @@ class TokenVerifier:
             raise Unauthenticated("token expired") from None
         except jwt.InvalidTokenError:
             raise Unauthenticated("invalid token") from None
-        return _principal(claims)
+        return _principal(claims), float(claims["exp"]) + LEEWAY_SECONDS
 
 
 def _principal(claims: dict[str, Any]) -> Principal:
