@@ -78,6 +78,9 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
 def create_engine(url: str, pool_size: int, application_name: str) -> AsyncEngine:
     return create_async_engine(
         url,
+        # Statements run on the driver connection (Query); SQLAlchemy never opens a transaction
+        # of its own, and a use case that needs one opens it with asyncpg's conn.transaction().
+        isolation_level="AUTOCOMMIT",
         pool_size=pool_size,
         max_overflow=0,
         pool_timeout=5,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -52,15 +53,7 @@ def confirmation_pb(state: store.ConfirmationState) -> pb.Confirmation:
 class ReputationApi(pb_grpc.ReputationServiceServicer):
     """ReputationService: participants confirm paired sessions; anyone reads reputations."""
 
-    def __init__(
-        self,
-        engine: AsyncEngine,
-        db: AsyncEngine,
-        sessions: SessionsClient,
-        tokens: PageTokens,
-        config: Config,
-    ) -> None:
-        self._engine = engine
+    def __init__(self, db: AsyncEngine, sessions: SessionsClient, tokens: PageTokens, config: Config) -> None:
         self._db = db
         self._sessions = sessions
         self._tokens = tokens
@@ -100,11 +93,12 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
             async with connection(self._db) as conn:
                 session_id = await store.session_of_request(conn, caller, request_id) or session_id
         session = await self._participant_view(session_id, caller, await self._state(session_id), True)
-        queued = await store.confirm(self._engine, session, caller, request_id, self._config.outbox_lease)
+        state, queued = await store.confirm(self._db, session, caller, request_id, self._config.outbox_lease)
         if queued:
-            await relay.deliver(self._db, self._sessions, session_id, 0, self._config.relay_max_backoff)
-        state = await self._state(session_id)
-        assert state is not None
+            delivered = await relay.deliver(
+                self._db, self._sessions, session_id, 0, self._config.relay_max_backoff
+            )
+            state = replace(state, delivered=delivered)
         return confirmation_pb(state)
 
     async def GetConfirmation(
@@ -169,12 +163,11 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
 def create_server(config: Config) -> AppServer:
     """Everything the reputation service needs, wired, relay included; the caller starts it."""
     engine = create_engine(config.database_url, config.pool_size, "reputation_service")
-    db = engine.execution_options(isolation_level="AUTOCOMMIT")
     sessions = SessionsClient(
         config.session_service_target, config.jwt, config.signing_key, config.session_service_timeout
     )
     outbox_relay = relay.Relay(
-        db, sessions, config.relay_interval, config.outbox_lease, config.relay_max_backoff
+        engine, sessions, config.relay_interval, config.outbox_lease, config.relay_max_backoff
     )
     metrics = Metrics(config.metrics_listen, engine)
     # The relay counts the backlog after each pass (at least every relay_interval); scrapes only
@@ -196,7 +189,7 @@ def create_server(config: Config) -> AppServer:
         [
             ServiceBinding(
                 pb_grpc.add_ReputationServiceServicer_to_server,
-                ReputationApi(engine, db, sessions, PageTokens(config.jwt.key.encode()), config),
+                ReputationApi(engine, sessions, PageTokens(config.jwt.key.encode()), config),
                 pb.DESCRIPTOR.services_by_name["ReputationService"].full_name,
                 auth.USERS,
             )

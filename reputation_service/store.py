@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import asyncpg
 from asyncpg import Record
@@ -41,7 +41,9 @@ _LOCK_SESSION = Query(
     ON CONFLICT (session_id) DO UPDATE
        SET last_known_status = CASE WHEN paired_sessions.last_known_status = 'completed'
                                     THEN 'completed' ELSE EXCLUDED.last_known_status END
-    RETURNING award_time
+    RETURNING award_time, last_known_status,
+              (SELECT o.deliver_time FROM reputation.outbox o
+                WHERE o.session_id = paired_sessions.session_id) AS deliver_time
     """
 )
 _CONFIRM = Query(
@@ -179,10 +181,10 @@ async def session_of_request(conn: asyncpg.Connection, caller: str, request_id: 
 
 async def confirm(
     engine: AsyncEngine, session: SessionFacts, caller: str, request_id: str | None, lease: float
-) -> bool:
+) -> tuple[ConfirmationState, bool]:
     """Records `caller`'s confirmation in one transaction; on the second participant's, writes
-    both awards and the outbox row. True when this call queued the completion (and so holds
-    the outbox row's lease and should deliver it now)."""
+    both awards and the outbox row. Returns the state as of that transaction, and whether this
+    call queued the completion (and so holds the outbox row's lease and should deliver it now)."""
     async with connection(engine) as conn, conn.transaction():
         params = {
             "session_id": session.session_id,
@@ -196,10 +198,16 @@ async def confirm(
         assert locked is not None
         if request_id is not None:
             await _REMEMBER_REQUEST.execute(conn, params)
-        confirmed = {str(row["user_id"]) for row in await _CONFIRM.fetch(conn, params)}
-        if locked["award_time"] is not None or len(confirmed) < 2:
-            return False
-        first, second = sorted(confirmed)
+        confirmed = sorted({str(row["user_id"]) for row in await _CONFIRM.fetch(conn, params)})
+        state = ConfirmationState(
+            session=replace(session, status=locked["last_known_status"]),
+            confirmed_user_ids=confirmed,
+            awarded=locked["award_time"] is not None,
+            delivered=locked["deliver_time"] is not None,
+        )
+        if state.awarded or len(confirmed) < 2:
+            return state, False
+        first, second = confirmed
         awarded = await _AWARD.fetchrow(
             conn,
             {
@@ -211,7 +219,7 @@ async def confirm(
                 "lease": lease,
             },
         )
-        return awarded is not None and awarded["queued"] == 1
+        return replace(state, awarded=True), awarded is not None and awarded["queued"] == 1
 
 
 async def mark_delivered(conn: asyncpg.Connection, session_id: str) -> None:

@@ -229,8 +229,6 @@ class InternalApi(pb_grpc.SessionInternalServiceServicer):
 def create_server(config: Config) -> AppServer:
     """Everything the session service needs, wired; the caller starts and stops it."""
     engine = create_engine(config.database_url, config.pool_size, "session_service")
-    # Every use case is a single statement (or a statement and an error read): no BEGIN/COMMIT.
-    db = engine.execution_options(isolation_level="AUTOCOMMIT")
     tokens = PageTokens(config.jwt.key.encode())
     app = build_server(
         config.listen,
@@ -239,13 +237,13 @@ def create_server(config: Config) -> AppServer:
         [
             ServiceBinding(
                 pb_grpc.add_SessionServiceServicer_to_server,
-                SessionApi(db, tokens),
+                SessionApi(engine, tokens),
                 pb.DESCRIPTOR.services_by_name["SessionService"].full_name,
                 auth.USERS,
             ),
             ServiceBinding(
                 pb_grpc.add_SessionInternalServiceServicer_to_server,
-                InternalApi(db),
+                InternalApi(engine),
                 pb.DESCRIPTOR.services_by_name["SessionInternalService"].full_name,
                 auth.INTERNAL,
             ),
