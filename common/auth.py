@@ -65,12 +65,9 @@ class TokenVerifier:
             return cached[0]
         principal, valid_until = self._decode(token)
         if len(self._verified) >= TOKEN_CACHE_SIZE:
-            # Drop expired entries; if all are live, the oldest goes (dicts keep insertion order).
-            now = self._clock()
-            for stale in [key for key, (_, until) in self._verified.items() if until < now]:
-                del self._verified[stale]
-            if len(self._verified) >= TOKEN_CACHE_SIZE:
-                del self._verified[next(iter(self._verified))]
+            # The oldest entry goes (dicts keep insertion order): O(1) however many callers churn
+            # through, and an expired entry is never served anyway (checked on every hit).
+            del self._verified[next(iter(self._verified))]
         self._verified[token] = (principal, valid_until)
         return principal
 
