@@ -87,11 +87,20 @@ def markdown(report: dict[str, Any]) -> str:
         for concurrency, kinds in by_concurrency.items():
             svc, fused = kinds["service"], kinds["fused"]
             ratio = svc["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
+            latency = svc["p50_ms"] / fused["p50_ms"] if fused["p50_ms"] else 0.0
             figures = [svc["ops_per_s"], svc["p50_ms"], svc["p95_ms"], svc["p99_ms"]]
             floors = [kinds[kind]["ops_per_s"] for kind in ("fused", "db", "rpc")]
             errors = str(sum(kind["errors"] for kind in kinds.values()))
             rows.append(
-                [scenario, concurrency, *map(_f, figures), f"**{ratio:.2f}**", *map(_f, floors), errors]
+                [
+                    scenario,
+                    concurrency,
+                    *map(_f, figures),
+                    f"**{ratio:.2f}**",
+                    f"{latency:.2f}",
+                    *map(_f, floors),
+                    errors,
+                ]
             )
             cpu = [kinds[kind]["cpu_us_per_call"] for kind in KINDS]
             cpu_rows.append(
@@ -103,7 +112,18 @@ def markdown(report: dict[str, Any]) -> str:
                     _f(fused["pg_cpu_us_per_call"]),
                 ]
             )
-    head = ["scenario", "conc", "ops/s", "p50 ms", "p95 ms", "p99 ms", "÷ fused", "fused ops/s", "db ops/s"]
+    head = [
+        "scenario",
+        "conc",
+        "ops/s",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "÷ fused",
+        "p50 ÷ fused p50",
+        "fused ops/s",
+        "db ops/s",
+    ]
     out += _table([*head, "rpc ops/s", "errors"], rows)
     out += ["## CPU per call (µs)", ""]
     out += _table(["scenario", "conc", *KINDS, "PG (service)", "PG (fused)"], cpu_rows)
