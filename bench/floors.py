@@ -15,7 +15,6 @@ from typing import Any
 
 import grpc
 import jwt
-from google.protobuf.timestamp_pb2 import Timestamp
 from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
@@ -24,15 +23,10 @@ from bench.workloads import SCENARIOS
 from common.auth import LEEWAY_SECONDS
 from common.config import jwt_settings, positive_int
 from common.server import SERVER_OPTIONS
+from session_service.api import STATUS_NUMBERS, message_pb, session_pb
 from session_service.store import micros
 
 ECHO_SERVICE = "/bench.Echo/"
-_SESSION_STATUS = {
-    "active": pb.SESSION_STATUS_ACTIVE,
-    "paused": pb.SESSION_STATUS_PAUSED,
-    "completed": pb.SESSION_STATUS_COMPLETED,
-}
-_ROLE = {"question": pb.MESSAGE_ROLE_QUESTION, "answer": pb.MESSAGE_ROLE_ANSWER}
 
 
 class Echo(grpc.GenericRpcHandler):
@@ -53,45 +47,6 @@ class Echo(grpc.GenericRpcHandler):
 
             self._handlers[method] = grpc.unary_unary_rpc_method_handler(echo)
         return self._handlers[method]
-
-
-def _stamp(moment: Any) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
-def _text(value: Any) -> str:
-    return str(value) if value is not None else ""
-
-
-def session_pb(row: Any) -> pb.Session:
-    return pb.Session(
-        session_id=str(row["session_id"]),
-        user_id=str(row["user_id"]),
-        partner_user_id=_text(row["partner_user_id"]),
-        job_posting_id=_text(row["job_posting_id"]),
-        status=_SESSION_STATUS[row["status"]],  # type: ignore[arg-type]
-        current_question_number=row["current_question_number"],
-        retake_number=row["retake_number"],
-        original_session_id=_text(row["original_session_id"]),
-        create_time=_stamp(row["create_time"]),
-        update_time=_stamp(row["update_time"]),
-        complete_time=_stamp(row["complete_time"]),
-    )
-
-
-def message_pb(row: Any) -> pb.SessionMessage:
-    return pb.SessionMessage(
-        message_id=str(row["message_id"]),
-        session_id=str(row["session_id"]),
-        role=_ROLE[row["role"]],  # type: ignore[arg-type]
-        content=row["content"],
-        question_number=row["question_number"],
-        create_time=_stamp(row["create_time"]),
-    )
 
 
 def reply(pools: sqlpaths.Pools, scenario: str, caller: str, request: Any, result: Any) -> Any:
@@ -120,7 +75,7 @@ def reply(pools: sqlpaths.Pools, scenario: str, caller: str, request: Any, resul
             confirmed_user_ids=confirmed,
             both_confirmed=len(confirmed) == 2,
             reputation_awarded=awarded,
-            session_status=_SESSION_STATUS["completed" if delivered else result["last_known_status"]],  # type: ignore[arg-type]
+            session_status=STATUS_NUMBERS["completed" if delivered else result["last_known_status"]],  # type: ignore[arg-type]
             completion_pending=awarded and not delivered,
         )
     return session_pb(result)

@@ -91,18 +91,22 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-async def database_url(postgres_url: str) -> str:
-    """A database made for this run and migrated, so runs never see each other's rows."""
-    name = f"test_{secrets.token_hex(6)}"
+async def new_database(postgres_url: str, prefix: str) -> str:
+    """Creates an empty database on the server at `postgres_url`; returns its URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
     conn = await asyncpg.connect(postgres_url)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
     base, _, query = postgres_url.partition("?")
-    root = base.rsplit("/", 1)[0]
-    url = f"{root}/{name}" + (f"?{query}" if query else "")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+@pytest.fixture(scope="session")
+async def database_url(postgres_url: str) -> str:
+    """A database made for this run and migrated, so runs never see each other's rows."""
+    url = await new_database(postgres_url, "test")
     await migrate(sqlalchemy_url(url), "session_service")
     await migrate(sqlalchemy_url(url), "reputation_service")
     return url

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import secrets
 
-import asyncpg
 import grpc
 import pytest
 from interview.reputation.v1 import reputation_pb2 as rpb
@@ -16,21 +14,14 @@ from interview.sessions.v1 import sessions_pb2_grpc
 from reputation_service import api as reputation_api
 from session_service import api as session_api
 from session_service import config as session_config
-from tests.conftest import reputation_config_for, sqlalchemy_url
+from tests.conftest import new_database, reputation_config_for, sqlalchemy_url
 from tests.helpers import expect_error, new_id, user_metadata
 
 
 @pytest.fixture(scope="module")
 async def unmigrated_url(postgres_url: str) -> str:
     """A database without the services' tables: every query fails the way a bug would."""
-    name = f"empty_{secrets.token_hex(4)}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = postgres_url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+    return await new_database(postgres_url, "empty")
 
 
 async def _check_internal(app, make_call, domain: str, caplog) -> None:
