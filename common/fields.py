@@ -1,4 +1,4 @@
-"""Request validation that collects every bad field, and opaque keyset page tokens."""
+"""Request validation that collects every bad field, opaque keyset page tokens, and timestamps."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ import hmac
 import json
 import re
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.errors import InvalidArgument
 
@@ -17,6 +20,15 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 _MAC_BYTES = 16
+
+
+def timestamp(moment: datetime | None) -> Timestamp | None:
+    """A stored timestamp as a proto Timestamp; None stays unset."""
+    if moment is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
 
 
 class PageTokens:

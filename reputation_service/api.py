@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from interview.reputation.v1 import reputation_pb2 as pb
 from interview.reputation.v1 import reputation_pb2_grpc as pb_grpc
@@ -15,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common import auth
 from common.auth import TokenVerifier, current_user_id
 from common.db import connection, create_engine, ping
-from common.fields import Fields, PageTokens
+from common.fields import Fields, PageTokens, timestamp
 from common.metrics import Metrics
 from common.server import AppServer, ServiceBinding, build_server
 from reputation_service import domain, relay, store
@@ -29,14 +27,6 @@ STATUS_NUMBERS = {
     domain.PAUSED: sessions_pb.SESSION_STATUS_PAUSED,
     domain.COMPLETED: sessions_pb.SESSION_STATUS_COMPLETED,
 }
-
-
-def _timestamp(moment: Any) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def confirmation_pb(state: store.ConfirmationState) -> pb.Confirmation:
@@ -128,7 +118,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
             user_id=user_id,
             score=row["score"],
             confirmed_sessions=row["confirmed_sessions"],
-            update_time=_timestamp(row["update_time"]),
+            update_time=timestamp(row["update_time"]),
         )
 
     async def ListReputationEvents(
@@ -152,7 +142,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
                     session_id=str(row["session_id"]),
                     delta=row["delta"],
                     reason=row["reason"],
-                    create_time=_timestamp(row["create_time"]),
+                    create_time=timestamp(row["create_time"]),
                 )
                 for row in rows[:limit]
             ],

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 from asyncpg import Record
-from google.protobuf.timestamp_pb2 import Timestamp
 from grpc import aio
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
@@ -14,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from common import auth
 from common.auth import TokenVerifier, current_user_id
 from common.db import connection, create_engine, ping
-from common.fields import Fields, PageTokens
+from common.fields import Fields, PageTokens, timestamp
 from common.metrics import Metrics
 from common.server import AppServer, ServiceBinding, build_server
 from session_service import domain, store
@@ -32,14 +31,6 @@ ROLES = {pb.MESSAGE_ROLE_QUESTION: domain.QUESTION, pb.MESSAGE_ROLE_ANSWER: doma
 ROLE_NUMBERS = {name: number for number, name in ROLES.items()}
 
 
-def _timestamp(moment: Any) -> Timestamp | None:
-    if moment is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
-
-
 def _text(value: Any) -> str:
     return str(value) if value is not None else ""
 
@@ -54,9 +45,9 @@ def session_pb(row: Record) -> pb.Session:
         current_question_number=row["current_question_number"],
         retake_number=row["retake_number"],
         original_session_id=_text(row["original_session_id"]),
-        create_time=_timestamp(row["create_time"]),
-        update_time=_timestamp(row["update_time"]),
-        complete_time=_timestamp(row["complete_time"]),
+        create_time=timestamp(row["create_time"]),
+        update_time=timestamp(row["update_time"]),
+        complete_time=timestamp(row["complete_time"]),
     )
 
 
@@ -67,7 +58,7 @@ def message_pb(row: Record) -> pb.SessionMessage:
         role=ROLE_NUMBERS[row["role"]],  # type: ignore[arg-type]
         content=row["content"],
         question_number=row["question_number"],
-        create_time=_timestamp(row["create_time"]),
+        create_time=timestamp(row["create_time"]),
     )
 
 
