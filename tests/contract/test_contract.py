@@ -70,6 +70,14 @@ async def test_every_declared_rpc_is_implemented(
     assert code != grpc.StatusCode.UNIMPLEMENTED
 
 
+async def test_a_method_the_servers_lack_would_fail_that_check(session_server, jwt_settings):
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{session_server.port}") as channel:
+        call = channel.unary_unary("/interview.sessions.v1.SessionService/DeleteSession")
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await call(b"", metadata=user_metadata(jwt_settings, new_id()), timeout=10)
+    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
 async def _reflected_services(port: int) -> set[str]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
@@ -88,6 +96,11 @@ async def test_reflection_lists_exactly_the_declared_services_plus_health_and_re
     ):
         declared = {service for service, _, _ in _methods(package)}
         assert await _reflected_services(port) == declared | HEALTH_AND_REFLECTION
+
+
+async def test_the_reflection_check_tells_one_server_from_the_other(session_server, reputation_server):
+    sessions_declared = {service for service, _, _ in _methods("interview.sessions.v1")}
+    assert await _reflected_services(reputation_server.port) != sessions_declared | HEALTH_AND_REFLECTION
 
 
 async def test_reflection_serves_the_descriptors_grpcurl_needs(session_server):
