@@ -20,7 +20,7 @@ from bench.workloads import SCENARIOS, Data, batch_rows
 
 KINDS = ("service", "fused", "db", "rpc")
 FIRST_GUESS_OPS = 1500.0  # calls/s assumed before a consuming scenario has been measured
-MAX_ATTEMPTS = 3  # a run that used up its rows is run again with four times as many
+MAX_ATTEMPTS = 3  # a run that used up its rows (or finished no call) is run again, with more of either
 
 
 @dataclass(frozen=True)
@@ -111,16 +111,23 @@ class Runner:
 
         self.stack.trim_logs()
         timing = self.timing
+        window = timing.window
         for attempt in range(MAX_ATTEMPTS):
             if spec.consumes and kind != "rpc":
                 calls = self._budget((scenario, kind), concurrency) * 4**attempt
                 job = replace(
                     job, data=replace(job.data, batch_tag=self._seed_batch(scenario, calls)), calls=(0, calls)
                 )
-            result, cpu = self.pool.run(job, timing.warmup, timing.window, sample, timing.lead)
-            if not result.exhausted:
-                break
-        summary = summarize(result, cpu, self.timing.window)
+            result, cpu = self.pool.run(job, timing.warmup, window, sample, timing.lead)
+            if result.exhausted:
+                continue
+            if result.calls == 0:
+                # Nothing finished inside the window (a first call stalled past it): an empty run
+                # measures nothing, so measure again over a longer window.
+                window *= 2
+                continue
+            break
+        summary = summarize(result, cpu, window)
         if kind == "service" and "request_bytes" in summary:
             self._sizes[scenario] = (summary["request_bytes"], summary["response_bytes"])
         if summary["ops_per_s"] > self._rates.get((scenario, kind), (0.0, 1))[0]:
