@@ -7,7 +7,6 @@ from dataclasses import replace
 from grpc import aio
 from interview.reputation.v1 import reputation_pb2 as pb
 from interview.reputation.v1 import reputation_pb2_grpc as pb_grpc
-from interview.sessions.v1 import sessions_pb2 as sessions_pb
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import auth
@@ -19,14 +18,11 @@ from common.server import AppServer, ServiceBinding, build_server
 from reputation_service import domain, relay, store
 from reputation_service.config import Config
 from reputation_service.domain import SessionFacts
-from reputation_service.sessions_client import SessionsClient
+from reputation_service.sessions_client import STATUSES, SessionsClient
 
 DOMAIN = "interview.reputation"
-STATUS_NUMBERS = {
-    domain.ACTIVE: sessions_pb.SESSION_STATUS_ACTIVE,
-    domain.PAUSED: sessions_pb.SESSION_STATUS_PAUSED,
-    domain.COMPLETED: sessions_pb.SESSION_STATUS_COMPLETED,
-}
+# The inverse of the session client's map: a stored status back to the sessions package enum.
+STATUS_NUMBERS = {name: number for number, name in STATUSES.items()}
 
 
 def confirmation_pb(state: store.ConfirmationState) -> pb.Confirmation:
@@ -55,9 +51,10 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
 
     async def _participant_view(
         self, session_id: str, caller: str, known: store.ConfirmationState | None, for_confirming: bool
-    ) -> SessionFacts:
-        """The session as far as `caller` may act on it: from our own rows when we have them
-        (participants never change), otherwise from the session service."""
+    ) -> tuple[SessionFacts, store.ConfirmationState | None]:
+        """The session as far as `caller` may act on it, and our own rows for it if any: from
+        those rows when we have them (participants never change), otherwise from the session
+        service."""
         if known is None:
             session = await self._sessions.lookup(session_id)
             if session.status == domain.COMPLETED:
@@ -69,7 +66,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         refusal = domain.confirmation_refusal(session, caller, known is not None or not for_confirming)
         if refusal is not None:
             raise refusal
-        return session
+        return session, known
 
     async def ConfirmCompletion(
         self, request: pb.ConfirmCompletionRequest, context: aio.ServicerContext
@@ -82,7 +79,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         if request_id is not None:
             async with connection(self._db) as conn:
                 session_id = await store.session_of_request(conn, caller, request_id) or session_id
-        session = await self._participant_view(session_id, caller, await self._state(session_id), True)
+        session, _ = await self._participant_view(session_id, caller, await self._state(session_id), True)
         state, queued = await store.confirm(self._db, session, caller, request_id, self._config.outbox_lease)
         if queued:
             delivered = await relay.deliver(
@@ -98,8 +95,10 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         fields = Fields()
         session_id = fields.uuid("session_id", request.session_id)
         fields.done()
-        known = await self._state(session_id)
-        session = await self._participant_view(session_id, caller, known, False)
+        # The view may have found our rows on a second look (a confirmation completed it meanwhile).
+        session, known = await self._participant_view(
+            session_id, caller, await self._state(session_id), False
+        )
         if known is not None:
             return confirmation_pb(known)
         return pb.Confirmation(session_id=session_id, session_status=STATUS_NUMBERS[session.status])  # type: ignore[arg-type]
