@@ -27,6 +27,8 @@ RUN groupadd --gid 10001 app \
  && useradd --uid 10001 --gid app --no-log-init --no-create-home --home-dir /nonexistent \
       --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
+# Mount point of the key-material volume, owned by the service user so the keys step can fill it.
+RUN mkdir /keys && chown 10001:10001 /keys
 # Listen on all interfaces: a container's loopback is unreachable from anywhere else.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \

@@ -13,8 +13,9 @@ $(READY): pyproject.toml
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $(READY)
 
+# TLS=1: mutual TLS with dev certificates generated into DATA_DIR (see the README).
 run: $(READY)
-	$(BIN)/python -m common.devstack run
+	$(BIN)/python -m common.devstack run $(if $(TLS),--tls)
 
 test: $(READY)
 	$(BIN)/buf lint protos
@@ -31,9 +32,10 @@ gen: $(READY)
 	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
 	find $(GEN_OUT)/interview -type d -exec touch {}/__init__.py \;
 
-# USER=<uuid> on the command line; the CLI rejects anything that is not a UUID.
+# USER=<uuid> for a user token, or SERVICE=<name> [ROLES=a,b] for a service token. SERVICE is
+# tested first: USER is also the login name in most shells.
 token: $(READY)
-	@$(BIN)/python -m common.devstack token --user "$(USER)"
+	@$(BIN)/python -m common.devstack token $(if $(SERVICE),--service "$(SERVICE)" --roles "$(ROLES)",--user "$(USER)")
 
 # Starts its own stack on a fresh embedded PostgreSQL; the report lands in bench/results/.
 bench: $(READY)

@@ -56,6 +56,22 @@ def channel_options(retry: RetryPolicy = RETRY) -> list[tuple[str, Any]]:
     return [("grpc.enable_retries", 1), ("grpc.service_config", service_config(retry))]
 
 
+def tls_credentials(
+    ca_file: str | None = None, cert_file: str | None = None, key_file: str | None = None
+) -> grpc.ChannelCredentials:
+    """Channel credentials for TLS: trust `ca_file` (the system roots when None) and, for mutual
+    TLS, present the certificate chain in `cert_file` with its key in `key_file`."""
+
+    return grpc.ssl_channel_credentials(_read(ca_file), _read(key_file), _read(cert_file))
+
+
+def _read(path: str | None) -> bytes | None:
+    if path is None:
+        return None
+    with open(path, "rb") as file:
+        return file.read()
+
+
 def bearer(tokens: TokenProvider) -> tuple[tuple[str, str]]:
     return (("authorization", f"Bearer {tokens()}"),)
 
@@ -94,8 +110,8 @@ class _Client(Generic[ChannelT, StubT]):
 
 
 class AsyncClient(_Client[grpc.aio.Channel, StubT]):
-    """Base of the grpc.aio clients: `connect(target, tokens)`, or pass your own channel (TLS, shared);
-    give it `channel_options()` to keep the retry policy."""
+    """Base of the grpc.aio clients: `connect(target, tokens)` (TLS with `credentials`, e.g. from
+    `tls_credentials`), or pass your own channel; give it `channel_options()` to keep the retry policy."""
 
     @classmethod
     def connect(
@@ -104,8 +120,12 @@ class AsyncClient(_Client[grpc.aio.Channel, StubT]):
         tokens: TokenProvider,
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy = RETRY,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> Self:
-        return cls(grpc.aio.insecure_channel(target, options=channel_options(retry)), tokens, deadline)
+        options = channel_options(retry)
+        if credentials is None:
+            return cls(grpc.aio.insecure_channel(target, options=options), tokens, deadline)
+        return cls(grpc.aio.secure_channel(target, credentials, options=options), tokens, deadline)
 
     async def close(self) -> None:
         await self._channel.close()
@@ -118,7 +138,8 @@ class AsyncClient(_Client[grpc.aio.Channel, StubT]):
 
 
 class SyncClient(_Client[grpc.Channel, StubT]):
-    """Base of the blocking clients: `connect(target, tokens)`, or pass your own grpc.Channel."""
+    """Base of the blocking clients: `connect(target, tokens)` (TLS with `credentials`), or pass
+    your own grpc.Channel."""
 
     @classmethod
     def connect(
@@ -127,8 +148,12 @@ class SyncClient(_Client[grpc.Channel, StubT]):
         tokens: TokenProvider,
         deadline: float = DEFAULT_DEADLINE,
         retry: RetryPolicy = RETRY,
+        credentials: grpc.ChannelCredentials | None = None,
     ) -> Self:
-        return cls(grpc.insecure_channel(target, options=channel_options(retry)), tokens, deadline)
+        options = channel_options(retry)
+        if credentials is None:
+            return cls(grpc.insecure_channel(target, options=options), tokens, deadline)
+        return cls(grpc.secure_channel(target, credentials, options=options), tokens, deadline)
 
     def close(self) -> None:
         self._channel.close()

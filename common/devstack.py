@@ -1,7 +1,13 @@
 """`make run` and `make token`: the local stack on an embedded PostgreSQL, and dev tokens for it.
 
-python -m common.devstack run
+python -m common.devstack run [--tls]
 python -m common.devstack token --user <uuid>
+python -m common.devstack token --service <name> [--roles a,b]
+
+`run` makes the development key material in DATA_DIR once (every file 0600 from creation): a
+user-token key playing the identity provider, a key pair per token-minting party (the reputation
+service, and this CLI for `token --service`) with the JWK Set of their public halves, the page-token
+secret and, with --tls, a private CA with a server and a client certificate.
 """
 
 from __future__ import annotations
@@ -9,6 +15,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -17,13 +24,20 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from common.auth import mint
-from common.config import ConfigError, jwt_settings, listen_address
+from common.auth import INTERNAL_ROLE, ServiceTokenSigner, mint
+from common.auth.signing import SERVICE_TOKEN_MAX_LIFETIME_SECONDS, load_private_key
+from common.config import ConfigError, TlsSettings, jwt_settings, listen_address, tls_settings
 from common.db import start_embedded, stop_embedded
+from common.devcerts import write_dev_certificates
+from common.keygen import TLS_DIR, made_once, private_pem, service_key_file, service_keys
+from common.tls import sync_channel
 
 READY_TIMEOUT_SECONDS = 60
 TOKEN_TTL_SECONDS = 3600
@@ -48,24 +62,57 @@ def _data_dir(env: dict[str, str]) -> Path:
     return Path(env.get("DATA_DIR", ".data")).resolve()
 
 
-def _dev_key(data_dir: Path) -> str:
-    """The development HS256 secret, made once per data folder."""
-    path = data_dir / "jwt.key"
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(secrets.token_urlsafe(48))
-        path.chmod(0o600)
-    return path.read_text().strip()
+# Who mints service tokens in development, each with a key pair of its own (by kid): the
+# reputation service, and this CLI for `token --service`.
+REPUTATION_KEY_ID = "reputation-dev"
+CLI_KEY_ID = "cli-dev"
+PAGE_TOKEN_SECRET = "page-token.secret"
 
 
-def _with_defaults(env: dict[str, str]) -> dict[str, str]:
+def _identity_provider_key(data_dir: Path, algorithm: str) -> bytes:
+    """The development identity provider's signing key: an HS256 secret, or a private key."""
+    if algorithm == "HS256":
+        return made_once(data_dir / "jwt.key", lambda: secrets.token_urlsafe(48).encode()).strip()
+    make = {
+        "EdDSA": lambda: private_pem(ed25519.Ed25519PrivateKey.generate()),
+        "RS256": lambda: private_pem(rsa.generate_private_key(public_exponent=65537, key_size=2048)),
+    }[algorithm]
+    return made_once(data_dir / f"identity-provider-{algorithm.lower()}.pem", make)
+
+
+def _public_pem(private_pem: bytes) -> str:
+    public = load_private_key(private_pem).public_key()
+    return public.public_bytes(  # type: ignore[no-any-return]
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode()
+
+
+def _with_defaults(env: dict[str, str], tls: bool = False) -> dict[str, str]:
     """The environment `make run` gives both services: set variables win over every default."""
     env = dict(env)
+    data_dir = _data_dir(env)
+    data_dir.mkdir(parents=True, exist_ok=True)
     env.setdefault("JWT_ALGORITHM", "HS256")
-    if not env.get("JWT_KEY"):
-        if env["JWT_ALGORITHM"] != "HS256":
-            raise ConfigError("JWT_KEY", f"is required when JWT_ALGORITHM is {env['JWT_ALGORITHM']}")
-        env["JWT_KEY"] = _dev_key(_data_dir(env))
+    if not any(env.get(name) for name in ("JWT_KEY", "JWT_JWKS_FILE", "JWT_JWKS_URL")):
+        if env["JWT_ALGORITHM"] not in ("HS256", "EdDSA", "RS256"):
+            raise ConfigError("JWT_ALGORITHM", f"must be HS256, RS256 or EdDSA, got {env['JWT_ALGORITHM']!r}")
+        key = _identity_provider_key(data_dir, env["JWT_ALGORITHM"])
+        env["JWT_KEY"] = key.decode() if env["JWT_ALGORITHM"] == "HS256" else _public_pem(key)
+    jwks = service_keys(data_dir, [REPUTATION_KEY_ID, CLI_KEY_ID])
+    env.setdefault("SERVICE_TOKEN_JWKS_FILE", str(jwks))
+    if not env.get("SERVICE_SIGNING_KEY_FILE"):
+        env["SERVICE_SIGNING_KEY_FILE"] = str(service_key_file(data_dir, REPUTATION_KEY_ID))
+        env["SERVICE_SIGNING_KEY_ID"] = REPUTATION_KEY_ID
+    if not env.get("PAGE_TOKEN_SECRET"):
+        env["PAGE_TOKEN_SECRET"] = (
+            made_once(data_dir / PAGE_TOKEN_SECRET, lambda: secrets.token_urlsafe(48).encode())
+            .strip()
+            .decode()
+        )
+    if tls and not env.get("TLS_CERT_FILE"):
+        certs = write_dev_certificates(data_dir / TLS_DIR, ["localhost", "127.0.0.1", "::1"])
+        env["TLS_CERT_FILE"], env["TLS_KEY_FILE"] = str(certs.server_cert), str(certs.server_key)
+        env["TLS_CLIENT_CA_FILE"] = env["TLS_CA_FILE"] = str(certs.ca)
     for service in SERVICES:
         env[service.listen_variable] = listen_address(env, service.listen_variable, service.default_listen)
     env.setdefault("SESSION_SERVICE_TARGET", env["SESSION_LISTEN"])
@@ -77,9 +124,9 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-def _wait_serving(target: str, process: subprocess.Popen[bytes]) -> bool:
+def _wait_serving(target: str, process: subprocess.Popen[bytes], tls: TlsSettings) -> bool:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-    with grpc.insecure_channel(target) as channel:
+    with sync_channel(target, tls, []) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline and process.poll() is None:
             try:
@@ -103,9 +150,10 @@ def _stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.kill()
 
 
-def run() -> int:
+def run(tls: bool) -> int:
     try:
-        env = _with_defaults(dict(os.environ))
+        env = _with_defaults(dict(os.environ), tls)
+        transport = tls_settings(env)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
@@ -139,10 +187,11 @@ def run() -> int:
             )
             processes.append(process)
             target = env[service.listen_variable]
-            if not _wait_serving(target, process):
+            if not _wait_serving(target, process, _client_side(transport, _data_dir(env))):
                 print(f"{service.package} did not become healthy on {target}", file=sys.stderr)
                 return 1
-            print(f"{service.package}  serving on {target}", flush=True)
+            scheme = "mutual TLS" if transport.client_ca_file else "TLS" if transport.serving else "plaintext"
+            print(f"{service.package}  serving on {target} ({scheme})", flush=True)
         print("ready: Ctrl-C stops everything", flush=True)
         while not stopping:
             if any(p.poll() is not None for p in processes):
@@ -157,7 +206,19 @@ def run() -> int:
     return code
 
 
-def token(user: str) -> int:
+def _client_side(transport: TlsSettings, data_dir: Path) -> TlsSettings:
+    """How this CLI dials the stack: the stack's CA, and the dev client certificate for mutual TLS."""
+    if not transport.serving:
+        return transport
+    tls_dir = data_dir / TLS_DIR
+    return TlsSettings(
+        cert_file=str(tls_dir / "client.pem"),
+        key_file=str(tls_dir / "client.key"),
+        ca_file=transport.ca_file or str(tls_dir / "ca.pem"),
+    )
+
+
+def user_token(user: str) -> int:
     try:
         user_id = str(uuid.UUID(user))
     except ValueError:
@@ -170,19 +231,52 @@ def token(user: str) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
-    signing_key = env.get("SERVICE_SIGNING_KEY") or settings.key
+    algorithm = settings.algorithm
+    if algorithm == "HS256":
+        signing_key: Any = settings.key
+    else:
+        private = _data_dir(env) / f"identity-provider-{algorithm.lower()}.pem"
+        if not private.exists() or _public_pem(private.read_bytes()) != settings.key:
+            print(
+                f"make token signs user tokens only with the dev identity provider's key ({private})",
+                file=sys.stderr,
+            )
+            return 2
+        signing_key = load_private_key(private.read_bytes())
     print(mint(settings, signing_key, user_id, TOKEN_TTL_SECONDS))
+    return 0
+
+
+def service_token(name: str, roles: str) -> int:
+    env = _with_defaults(dict(os.environ))
+    key = load_private_key(service_key_file(_data_dir(env), CLI_KEY_ID).read_bytes())
+    signer = ServiceTokenSigner(name, key, CLI_KEY_ID, ttl_seconds=SERVICE_TOKEN_MAX_LIFETIME_SECONDS)
+    print(signer.token([role for role in roles.split(",") if role] or [INTERNAL_ROLE]))
     return 0
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m common.devstack")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("run", help="serve both services on the local stack")
-    minting = commands.add_parser("token", help="print a user token the local stack accepts")
-    minting.add_argument("--user", required=True, help="the user's UUID")
+    running = commands.add_parser("run", help="serve both services on the local stack")
+    running.add_argument("--tls", action="store_true", help="mutual TLS with generated dev certificates")
+    minting = commands.add_parser("token", help="print a token the local stack accepts")
+    who = minting.add_mutually_exclusive_group(required=True)
+    who.add_argument("--user", help="a user token for this UUID")
+    who.add_argument("--service", help="a service token for service:<name>")
+    minting.add_argument("--roles", default="", help="comma-separated roles of a service token")
     args = parser.parse_args(argv)
-    return run() if args.command == "run" else token(args.user)
+    if args.command == "run":
+        return run(args.tls)
+    if args.service is not None:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{0,62}", args.service):
+            print(
+                f"usage: make token SERVICE=<name> (lowercase letters, digits, . _ -; got {args.service!r})",
+                file=sys.stderr,
+            )
+            return 2
+        return service_token(args.service, args.roles)
+    return user_token(args.user)
 
 
 if __name__ == "__main__":

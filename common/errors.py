@@ -1,4 +1,4 @@
-"""Typed errors raised by domain and api code; `common.server` maps each to a gRPC status once."""
+"""Typed errors raised by domain and api code; `common.status` maps each to a gRPC status once."""
 
 from __future__ import annotations
 

@@ -20,6 +20,41 @@ _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
 _MAC_BYTES = 16
+# Longer than any cursor we make: a bigger token is refused before it is decoded.
+MAX_PAGE_TOKEN_CHARS = 512
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _sequence(value: Any) -> bool:
+    """A row sequence number (bigserial): a whole number in PostgreSQL's bigint range."""
+    return type(value) is int and 0 <= value < 2**63
+
+
+def _moment(value: Any) -> bool:
+    """A timestamp in microseconds since 1970 that Python's datetime can hold (up to year 9999)."""
+    return type(value) is int and 0 <= value < 253_402_300_800_000_000
+
+
+def _uuid(value: Any) -> bool:
+    return isinstance(value, str) and _CANONICAL_UUID.fullmatch(value) is not None
+
+
+class Cursor:
+    """The shape of one list's cursor: the check each position must pass."""
+
+    SEQUENCE = _sequence
+    MOMENT = _moment
+    UUID = _uuid
+
+    def __init__(self, *positions: Callable[[Any], bool]) -> None:
+        self.positions = positions
+
+    def fits(self, cursor: Any) -> bool:
+        return (
+            isinstance(cursor, list)
+            and len(cursor) == len(self.positions)
+            and all(check(value) for check, value in zip(self.positions, cursor, strict=True))
+        )
 
 
 def timestamp(moment: datetime | None) -> Timestamp | None:
@@ -49,7 +84,10 @@ class PageTokens:
         """The token for the page after `rows` (fetched with limit + 1), or "" on the last page."""
         return self.encode(scope, cursor(rows[limit - 1])) if len(rows) > limit else ""
 
-    def decode(self, scope: str, token: str) -> list[Any] | None:
+    def decode(self, scope: str, token: str, shape: Cursor) -> list[Any] | None:
+        """The cursor in `token` if we signed it for `scope` and it has `shape`, else None."""
+        if len(token) > MAX_PAGE_TOKEN_CHARS:
+            return None
         try:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
         except (binascii.Error, ValueError):
@@ -57,8 +95,11 @@ class PageTokens:
         mac, payload = raw[:_MAC_BYTES], raw[_MAC_BYTES:]
         if not hmac.compare_digest(mac, self._mac(scope, payload)):
             return None
-        cursor = json.loads(payload)
-        return cursor if isinstance(cursor, list) else None
+        try:
+            cursor = json.loads(payload)
+        except (ValueError, RecursionError):
+            return None
+        return cursor if shape.fits(cursor) else None
 
 
 class Fields:
@@ -90,11 +131,11 @@ class Fields:
             self.problems["page_size"] = "must not be negative"
         return DEFAULT_PAGE_SIZE if value <= 0 else min(value, MAX_PAGE_SIZE)
 
-    def page_token(self, tokens: PageTokens, scope: str, token: str) -> list[Any] | None:
+    def page_token(self, tokens: PageTokens, scope: str, token: str, shape: Cursor) -> list[Any] | None:
         """The cursor inside `token` (None for the first page)."""
         if not token:
             return None
-        cursor = tokens.decode(scope, token)
+        cursor = tokens.decode(scope, token, shape)
         if cursor is None:
             self.problems["page_token"] = "is not a token this list gave to this caller with these parameters"
         return cursor

@@ -2,7 +2,7 @@
 
 import sys
 
-from common.server import main
+from common.cli import main
 from reputation_service.api import create_server
 from reputation_service.config import load
 

@@ -10,11 +10,11 @@ from interview.reputation.v1 import reputation_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import auth
-from common.auth import TokenVerifier, current_user_id
+from common.app import AppServer, ServiceBinding, build_server
+from common.auth import Authenticator, current_user_id
 from common.db import connection, create_engine, ping
-from common.fields import Fields, PageTokens, timestamp
+from common.fields import Cursor, Fields, PageTokens, timestamp
 from common.metrics import Metrics
-from common.server import AppServer, ServiceBinding, build_server
 from reputation_service import domain, relay, store
 from reputation_service.config import Config
 from reputation_service.domain import SessionFacts
@@ -23,6 +23,8 @@ from reputation_service.sessions_client import STATUSES, SessionsClient
 DOMAIN = "interview.reputation"
 # The inverse of the session client's map: a stored status back to the sessions package enum.
 STATUS_NUMBERS = {name: number for number, name in STATUSES.items()}
+# The last event's sequence number.
+EVENTS_CURSOR = Cursor(Cursor.SEQUENCE)
 
 
 def confirmation_pb(state: store.ConfirmationState) -> pb.Confirmation:
@@ -128,7 +130,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         user_id = fields.optional_uuid("user_id", request.user_id) or caller
         limit = fields.page_size(request.page_size)
         scope = f"events:{caller}:{user_id}"
-        cursor = fields.page_token(self._tokens, scope, request.page_token)
+        cursor = fields.page_token(self._tokens, scope, request.page_token, EVENTS_CURSOR)
         fields.done()
         async with connection(self._db) as conn:
             rows = await store.events(conn, user_id, cursor[0] if cursor else None, limit + 1)
@@ -153,7 +155,7 @@ def create_server(config: Config) -> AppServer:
     """Everything the reputation service needs, wired, relay included; the caller starts it."""
     engine = create_engine(config.database_url, config.pool_size, "reputation_service")
     sessions = SessionsClient(
-        config.session_service_target, config.jwt, config.signing_key, config.session_service_timeout
+        config.session_service_target, config.signing, config.tls, config.session_service_timeout
     )
     outbox_relay = relay.Relay(
         engine, sessions, config.relay_interval, config.outbox_lease, config.relay_max_backoff
@@ -174,17 +176,19 @@ def create_server(config: Config) -> AppServer:
     app = build_server(
         config.listen,
         DOMAIN,
-        TokenVerifier(config.jwt),
+        Authenticator(config.jwt, config.service_jwks_file),
         [
             ServiceBinding(
                 pb_grpc.add_ReputationServiceServicer_to_server,
-                ReputationApi(engine, sessions, PageTokens(config.jwt.key.encode()), config),
+                ReputationApi(engine, sessions, PageTokens(config.page_token_secret), config),
                 pb.DESCRIPTOR.services_by_name["ReputationService"].full_name,
                 auth.USERS,
             )
         ],
         probe=lambda: ping(engine),
         metrics=metrics,
+        tls=config.tls,
+        reuse_port=config.workers > 1,
     )
     app.on_start.append(outbox_relay.start)
     # In-flight calls finish first (server.stop), then the relay finishes its current row.

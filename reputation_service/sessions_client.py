@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from pathlib import Path
 
 import grpc
 from google.rpc import error_details_pb2
@@ -10,16 +10,15 @@ from grpc_status import rpc_status
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
 
-from common.auth import INTERNAL_ROLE, mint
-from common.config import JwtSettings
+from common.auth import INTERNAL_ROLE, ServiceTokenSigner
+from common.auth.signing import load_private_key
+from common.config import ServiceSigning, TlsSettings
 from common.errors import ServiceError, Unavailable
+from common.tls import aio_channel
 from reputation_service import domain
 from reputation_service.domain import SessionFacts
 
-SERVICE_SUBJECT = "service:reputation"
-TOKEN_TTL_SECONDS = 120
-# A token is replaced this long before it expires, so no call carries one about to lapse.
-TOKEN_REFRESH_MARGIN_SECONDS = 30
+SERVICE_NAME = "reputation"
 TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -88,23 +87,16 @@ def facts(session: pb.Session) -> SessionFacts:
 class SessionsClient:
     """LookupSession and CompletePairedSession, each with a deadline and a fresh service token."""
 
-    def __init__(self, target: str, jwt: JwtSettings, signing_key: str, timeout: float) -> None:
-        self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+    def __init__(self, target: str, signing: ServiceSigning, tls: TlsSettings, timeout: float) -> None:
+        self._channel = aio_channel(target, tls, CHANNEL_OPTIONS)
         self._stub = pb_grpc.SessionInternalServiceStub(self._channel)
-        self._jwt = jwt
-        self._signing_key = signing_key
+        self._signer = ServiceTokenSigner(
+            SERVICE_NAME, load_private_key(Path(signing.key_file).read_bytes()), signing.key_id
+        )
         self._timeout = timeout
-        self._token = ""
-        self._token_renew_at = 0.0
 
     def _metadata(self) -> tuple[tuple[str, str]]:
-        now = time.monotonic()
-        if now >= self._token_renew_at:
-            self._token = mint(
-                self._jwt, self._signing_key, SERVICE_SUBJECT, TOKEN_TTL_SECONDS, [INTERNAL_ROLE]
-            )
-            self._token_renew_at = now + TOKEN_TTL_SECONDS - TOKEN_REFRESH_MARGIN_SECONDS
-        return (("authorization", f"Bearer {self._token}"),)
+        return (("authorization", f"Bearer {self._signer.token([INTERNAL_ROLE])}"),)
 
     async def lookup(self, session_id: str) -> SessionFacts:
         try:

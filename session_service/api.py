@@ -11,11 +11,11 @@ from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common import auth
-from common.auth import TokenVerifier, current_user_id
+from common.app import AppServer, ServiceBinding, build_server
+from common.auth import Authenticator, current_user_id
 from common.db import connection, create_engine, ping
-from common.fields import Fields, PageTokens, timestamp
+from common.fields import Cursor, Fields, PageTokens, timestamp
 from common.metrics import Metrics
-from common.server import AppServer, ServiceBinding, build_server
 from session_service import domain, store
 from session_service.config import Config
 from session_service.domain import Transition
@@ -29,6 +29,10 @@ STATUSES = {
 STATUS_NUMBERS = {name: number for number, name in STATUSES.items()}
 ROLES = {pb.MESSAGE_ROLE_QUESTION: domain.QUESTION, pb.MESSAGE_ROLE_ANSWER: domain.ANSWER}
 ROLE_NUMBERS = {name: number for number, name in ROLES.items()}
+# (create_time in microseconds, session_id) of the last session on the page.
+SESSIONS_CURSOR = Cursor(Cursor.MOMENT, Cursor.UUID)
+# The last message's sequence number.
+MESSAGES_CURSOR = Cursor(Cursor.SEQUENCE)
 
 
 def _text(value: Any) -> str:
@@ -106,7 +110,7 @@ class SessionApi(pb_grpc.SessionServiceServicer):
             status = fields.enum("status", request.status, STATUSES, pb.SessionStatus)
         limit = fields.page_size(request.page_size)
         scope = f"sessions:{caller}:{status}"
-        cursor = fields.page_token(self._tokens, scope, request.page_token)
+        cursor = fields.page_token(self._tokens, scope, request.page_token, SESSIONS_CURSOR)
         fields.done()
         after = (store.from_micros(cursor[0]), cursor[1]) if cursor else None
         async with connection(self._db) as conn:
@@ -178,7 +182,7 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         session_id = fields.uuid("session_id", request.session_id)
         limit = fields.page_size(request.page_size)
         scope = f"messages:{caller}:{session_id}"
-        cursor = fields.page_token(self._tokens, scope, request.page_token)
+        cursor = fields.page_token(self._tokens, scope, request.page_token, MESSAGES_CURSOR)
         fields.done()
         async with connection(self._db) as conn:
             rows = await store.list_messages(conn, session_id, caller, cursor[0] if cursor else 0, limit + 1)
@@ -220,11 +224,11 @@ class InternalApi(pb_grpc.SessionInternalServiceServicer):
 def create_server(config: Config) -> AppServer:
     """Everything the session service needs, wired; the caller starts and stops it."""
     engine = create_engine(config.database_url, config.pool_size, "session_service")
-    tokens = PageTokens(config.jwt.key.encode())
+    tokens = PageTokens(config.page_token_secret)
     app = build_server(
         config.listen,
         DOMAIN,
-        TokenVerifier(config.jwt),
+        Authenticator(config.jwt, config.service_jwks_file),
         [
             ServiceBinding(
                 pb_grpc.add_SessionServiceServicer_to_server,
@@ -241,6 +245,8 @@ def create_server(config: Config) -> AppServer:
         ],
         probe=lambda: ping(engine),
         metrics=Metrics(config.metrics_listen, engine),
+        tls=config.tls,
+        reuse_port=config.workers > 1,
     )
     app.on_stop.append(engine.dispose)
     return app

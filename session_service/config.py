@@ -5,7 +5,19 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from common.config import JwtSettings, database_url, jwt_settings, listen_address, positive_int
+from common.config import (
+    PLAINTEXT,
+    JwtSettings,
+    TlsSettings,
+    database_url,
+    jwt_settings,
+    listen_address,
+    page_token_secret,
+    positive_int,
+    service_token_keys,
+    tls_settings,
+    workers,
+)
 
 
 @dataclass(frozen=True)
@@ -13,16 +25,26 @@ class Config:
     listen: str
     database_url: str
     jwt: JwtSettings
+    # Public keys of the services allowed to call SessionInternalService (SERVICE_TOKEN_JWKS_FILE).
+    service_jwks_file: str
+    page_token_secret: bytes
     pool_size: int
+    tls: TlsSettings = PLAINTEXT
     # Where /metrics is served. This default (any free port) suits tests; load() uses the documented one.
     metrics_listen: str = "127.0.0.1:0"
+    workers: int = 1
 
 
 def load(env: Mapping[str, str]) -> Config:
+    listen = listen_address(env, "SESSION_LISTEN", "127.0.0.1:50051")
     return Config(
-        listen=listen_address(env, "SESSION_LISTEN", "127.0.0.1:50051"),
+        listen=listen,
         database_url=database_url(env, "SESSION_DATABASE_URL"),
         jwt=jwt_settings(env),
+        service_jwks_file=service_token_keys(env, required_by="SessionInternalService"),
+        page_token_secret=page_token_secret(env),
         pool_size=positive_int(env, "SESSION_DB_POOL_SIZE", 10),
+        tls=tls_settings(env),
         metrics_listen=listen_address(env, "SESSION_METRICS_LISTEN", "127.0.0.1:9151"),
+        workers=workers(env, "SESSION_WORKERS", listen),
     )

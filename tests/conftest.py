@@ -8,6 +8,7 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -16,14 +17,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2_grpc
 
+from common.app import AppServer
 from common.config import JwtSettings
 from common.db import migrate, start_embedded, stop_embedded
-from common.server import AppServer
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
 from session_service import api as session_api
 from session_service import config as session_config
-from tests.helpers import service_metadata, user_metadata, wait_for
+from tests.helpers import ServiceKeys, StackKeys, service_metadata, user_metadata, wait_for
 
 
 class EmittedReasons(logging.Handler):
@@ -69,10 +70,25 @@ def whole_suite(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(scope="session")
-def jwt_settings() -> JwtSettings:
-    return JwtSettings(
-        algorithm="HS256", key=secrets.token_urlsafe(48), issuer="interview-dev", audience="interview"
+def keys(tmp_path_factory: pytest.TempPathFactory) -> StackKeys:
+    return StackKeys(
+        jwt=JwtSettings(
+            algorithm="HS256", key=secrets.token_urlsafe(48), issuer="interview-dev", audience="interview"
+        ),
+        service=ServiceKeys.make(tmp_path_factory.mktemp("service-keys")),
+        page_token_secret=secrets.token_urlsafe(48).encode(),
     )
+
+
+@pytest.fixture(scope="session")
+def jwt_settings(keys: StackKeys) -> JwtSettings:
+    """How user tokens are signed and verified in this run."""
+    return keys.jwt
+
+
+@pytest.fixture(scope="session")
+def service_keys(keys: StackKeys) -> ServiceKeys:
+    return keys.service
 
 
 @pytest.fixture(scope="session")
@@ -138,24 +154,31 @@ async def wait_serving(target: str) -> None:
         await wait_for(serving, within=15, what=f"{target} to report SERVING")
 
 
-async def start_session_server(database_url: str, jwt_settings: JwtSettings, listen: str) -> AppServer:
-    app = session_api.create_server(
-        session_config.Config(
-            listen=listen,
-            database_url=sqlalchemy_url(database_url),
-            jwt=jwt_settings,
-            pool_size=10,
-            metrics_listen="127.0.0.1:0",
-        )
-    )
+def session_config_for(
+    database_url: str, keys: StackKeys, listen: str = "127.0.0.1:0", **overrides: Any
+) -> session_config.Config:
+    settings: dict[str, Any] = {
+        "listen": listen,
+        "database_url": sqlalchemy_url(database_url),
+        "jwt": keys.jwt,
+        "service_jwks_file": keys.service.jwks_file,
+        "page_token_secret": keys.page_token_secret,
+        "pool_size": 10,
+        "metrics_listen": "127.0.0.1:0",
+    }
+    return session_config.Config(**{**settings, **overrides})
+
+
+async def start_session_server(database_url: str, keys: StackKeys, listen: str) -> AppServer:
+    app = session_api.create_server(session_config_for(database_url, keys, listen))
     await app.start()
     await wait_serving(f"127.0.0.1:{app.port}")
     return app
 
 
 @pytest.fixture(scope="session")
-async def session_server(database_url: str, jwt_settings: JwtSettings) -> AsyncIterator[AppServer]:
-    app = await start_session_server(database_url, jwt_settings, "127.0.0.1:0")
+async def session_server(database_url: str, keys: StackKeys) -> AsyncIterator[AppServer]:
+    app = await start_session_server(database_url, keys, "127.0.0.1:0")
     yield app
     await app.stop(grace=1)
 
@@ -178,9 +201,9 @@ def as_user(jwt_settings: JwtSettings) -> Callable[[str], tuple[tuple[str, str],
 
 
 @pytest.fixture(scope="session")
-def as_service(jwt_settings: JwtSettings) -> tuple[tuple[str, str], ...]:
+def as_service(service_keys: ServiceKeys) -> tuple[tuple[str, str], ...]:
     """Call metadata carrying a service token with role sessions.internal."""
-    return service_metadata(jwt_settings)
+    return service_metadata(service_keys)
 
 
 @pytest.fixture(scope="session")
@@ -189,10 +212,10 @@ def internal(session_channel: grpc.aio.Channel) -> sessions_pb2_grpc.SessionInte
 
 
 def reputation_config_for(
-    database_url: str, jwt_settings: JwtSettings, session_target: str, **overrides: float
+    database_url: str, keys: StackKeys, session_target: str, **overrides: Any
 ) -> reputation_config.Config:
     """A reputation service configured for tests: a fast relay with short leases and backoff."""
-    settings: dict[str, float] = {
+    settings: dict[str, Any] = {
         "relay_interval": 0.1,
         "outbox_lease": 2.0,
         "relay_max_backoff": 0.5,
@@ -202,21 +225,23 @@ def reputation_config_for(
     return reputation_config.Config(
         listen="127.0.0.1:0",
         database_url=sqlalchemy_url(database_url),
-        jwt=jwt_settings,
+        jwt=keys.jwt,
         session_service_target=session_target,
-        signing_key=jwt_settings.key,
+        signing=keys.service.reputation,
+        page_token_secret=keys.page_token_secret,
+        service_jwks_file=keys.service.jwks_file,
         pool_size=10,
         metrics_listen="127.0.0.1:0",
-        **settings,  # type: ignore[arg-type]
+        **settings,
     )
 
 
 @pytest.fixture(scope="session")
 async def reputation_server(
-    database_url: str, jwt_settings: JwtSettings, session_server: AppServer
+    database_url: str, keys: StackKeys, session_server: AppServer
 ) -> AsyncIterator[AppServer]:
     app = reputation_api.create_server(
-        reputation_config_for(database_url, jwt_settings, f"127.0.0.1:{session_server.port}")
+        reputation_config_for(database_url, keys, f"127.0.0.1:{session_server.port}")
     )
     await app.start()
     await wait_serving(f"127.0.0.1:{app.port}")

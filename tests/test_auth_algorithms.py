@@ -14,12 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc
 
-from common.auth import TokenVerifier, mint
+from common.auth import Authenticator, mint
 from common.config import JwtSettings
 from common.errors import Unauthenticated
 from session_service import api as session_api
-from session_service import config as session_config
-from tests.conftest import sqlalchemy_url
+from tests.conftest import session_config_for
 from tests.helpers import expect_error, new_id
 
 
@@ -46,13 +45,16 @@ def asymmetric(request) -> tuple[JwtSettings, str]:
     return JwtSettings(request.param, public_pem, "interview-dev", "interview"), private_pem
 
 
-def test_a_token_signed_with_the_private_key_is_accepted(asymmetric):
+async def test_a_token_signed_with_the_private_key_is_accepted(asymmetric):
     settings, private_pem = asymmetric
     user = new_id()
-    assert TokenVerifier(settings).verify("Bearer " + mint(settings, private_pem, user, 60)).user_id == user
+    principal = await Authenticator(settings, "").authenticate(
+        ["Bearer " + mint(settings, private_pem, user, 60)]
+    )
+    assert principal.user_id == user
 
 
-def test_an_hs256_token_keyed_with_the_public_key_is_rejected(asymmetric):
+async def test_an_hs256_token_keyed_with_the_public_key_is_rejected(asymmetric):
     # The algorithm-confusion attack: the public key is public, so it must never work as a secret.
     settings, _ = asymmetric
     claims = {"sub": new_id(), "iss": settings.issuer, "aud": settings.audience, "exp": 2_000_000_000}
@@ -64,25 +66,23 @@ def test_an_hs256_token_keyed_with_the_public_key_is_rejected(asymmetric):
     mac = hmac.new(settings.key.encode(), signing_input.encode(), hashlib.sha256).digest()
     forged = f"{signing_input}.{base64.urlsafe_b64encode(mac).rstrip(b'=').decode()}"
     with pytest.raises(Unauthenticated):
-        TokenVerifier(settings).verify("Bearer " + forged)
+        await Authenticator(settings, "").authenticate(["Bearer " + forged])
 
 
-def test_a_token_signed_by_another_private_key_is_rejected(asymmetric):
+async def test_a_token_signed_by_another_private_key_is_rejected(asymmetric):
     settings, _ = asymmetric
     other_private, _ = _keypair(settings.algorithm)
     with pytest.raises(Unauthenticated):
-        TokenVerifier(settings).verify("Bearer " + mint(settings, other_private, new_id(), 60))
+        await Authenticator(settings, "").authenticate(
+            ["Bearer " + mint(settings, other_private, new_id(), 60)]
+        )
 
 
 async def test_a_session_service_pinned_to_an_asymmetric_algorithm_serves_its_tokens_only(
-    asymmetric, database_url, jwt_settings
+    asymmetric, database_url, keys, jwt_settings
 ):
     settings, private_pem = asymmetric
-    app = session_api.create_server(
-        session_config.Config(
-            listen="127.0.0.1:0", database_url=sqlalchemy_url(database_url), jwt=settings, pool_size=2
-        )
-    )
+    app = session_api.create_server(session_config_for(database_url, keys, jwt=settings, pool_size=2))
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:

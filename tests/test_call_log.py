@@ -7,7 +7,7 @@ import logging
 import grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from common.server import JsonFormatter
+from common.logs import JsonFormatter
 from tests.helpers import expect_error, new_id
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import copy
+import functools
 import importlib.util
 import json
 import os
@@ -24,6 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +35,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 import yaml
 
+from common import keygen
+from common.app import AppServer
 from common.config import ConfigError, database_url
-from common.server import AppServer
 from reputation_service import config as reputation_config
 from session_service import config as session_config
 
@@ -60,14 +63,20 @@ BASE_IMAGE = "python:3.11-slim"
 POSTGRES_IMAGE = "postgres:18"
 # What a deployer exports before `docker compose up`, standing in for the real values.
 HOST_ENV = {
-    "JWT_KEY": "k" * 40,
+    "JWT_KEY": (
+        "-----BEGIN PUBLIC KEY-----\n"
+        "MCowBQYDK2VwAyEAGb9ECWmEzf6FQbrBZ9w7lshQhqowtrbLDFw4rXAxZuE=\n"
+        "-----END PUBLIC KEY-----\n"
+    ),
+    "PAGE_TOKEN_SECRET": "p" * 40,
     "POSTGRES_PASSWORD": "postgres-pw",
     "SESSION_DB_PASSWORD": "sessions-pw",
     "REPUTATION_DB_PASSWORD": "reputation-pw",
 }
 # Set in the image for Python and pip themselves, not for the services.
 RUNTIME_VARIABLES = re.compile(r"^(PATH|PYTHON\w*|PIP_\w*)$")
-SECRET_NAME = re.compile(r"KEY|PASSWORD|SECRET|TOKEN")
+# A key id names a key without being one.
+SECRET_NAME = re.compile(r"KEY(?!_ID$)|PASSWORD|SECRET|TOKEN")
 # `${NAME:?message}`, or `${NAME:-}` (empty default): the value comes from the deployer.
 FROM_DEPLOYER = re.compile(r"^\$\{\w+(:\?[^}]*|:-)?\}$")
 
@@ -168,7 +177,27 @@ class App:
     written: dict[str, str]  # environment as written in compose
 
     def env(self, image: Image, host: Mapping[str, str] = HOST_ENV) -> dict[str, str]:
-        return {**image.env, **{k: interpolate(v, host) for k, v in self.written.items()}}
+        """The service's environment, with paths into the keys volume pointing at what the
+        compose file's keys step writes when run here."""
+        env = {**image.env, **{k: interpolate(v, host) for k, v in self.written.items()}}
+        return {
+            k: v.replace(KEYS_MOUNT, f"{local_keys()}/", 1) if v.startswith(KEYS_MOUNT) else v
+            for k, v in env.items()
+        }
+
+
+KEYS_MOUNT = "/keys/"
+
+
+@functools.cache
+def local_keys() -> Path:
+    """The compose file's one-shot keys step, run here into a scratch folder."""
+    compose, _ = load_files()
+    argv = _argv(compose["services"]["keys"]["command"])
+    assert argv[0] == "common.keygen" and argv[1] == KEYS_MOUNT.rstrip("/"), argv
+    folder = Path(tempfile.mkdtemp(prefix="compose-keys-"))
+    assert keygen.main([str(folder), *argv[2:]]) == 0
+    return folder
 
 
 def apps(compose: dict[str, Any], image: Image) -> dict[str, App]:
@@ -305,7 +334,12 @@ def no_secret_written(compose: dict[str, Any], image: Image) -> list[str]:
     ]
     for service, spec in compose.get("services", {}).items():
         for name, value in environment(spec).items():
-            if SECRET_NAME.search(name) and not FROM_DEPLOYER.match(value):
+            # A path into the keys volume names a secret without holding it.
+            if (
+                SECRET_NAME.search(name)
+                and not FROM_DEPLOYER.match(value)
+                and not value.startswith(KEYS_MOUNT)
+            ):
                 problems.append(f"{service}: {name} is written in the file, not taken from the deployer")
             url = re.match(r"^postgres(?:ql)?://[^:/@]+:(.*)@[^@]*$", value)
             if url and not FROM_DEPLOYER.match(url.group(1)):
@@ -573,7 +607,7 @@ MUTATIONS: list[tuple[str, Mutation, Callable[..., list[str]], str]] = [
         "missing JWT_KEY",
         _drop(("reputation", "environment", "JWT_KEY")),
         required_settings_set,
-        "JWT_KEY is required",
+        "JWT_KEY or JWT_JWKS_FILE or JWT_JWKS_URL: exactly one must be set",
     ),
     (
         "missing database",

@@ -13,8 +13,7 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from reputation_service import api as reputation_api
 from session_service import api as session_api
-from session_service import config as session_config
-from tests.conftest import new_database, reputation_config_for, sqlalchemy_url
+from tests.conftest import new_database, reputation_config_for, session_config_for
 from tests.helpers import expect_error, new_id, user_metadata
 
 
@@ -46,13 +45,9 @@ async def _check_internal(app, make_call, domain: str, caplog) -> None:
 
 
 async def test_an_unexpected_session_service_failure_is_internal_with_a_correlation_id(
-    unmigrated_url, jwt_settings, caplog
+    unmigrated_url, keys, jwt_settings, caplog
 ):
-    app = session_api.create_server(
-        session_config.Config(
-            listen="127.0.0.1:0", database_url=sqlalchemy_url(unmigrated_url), jwt=jwt_settings, pool_size=2
-        )
-    )
+    app = session_api.create_server(session_config_for(unmigrated_url, keys, pool_size=2))
 
     def call(channel):
         return sessions_pb2_grpc.SessionServiceStub(channel).GetSession(
@@ -63,10 +58,10 @@ async def test_an_unexpected_session_service_failure_is_internal_with_a_correlat
 
 
 async def test_an_unexpected_reputation_service_failure_is_internal_with_a_correlation_id(
-    unmigrated_url, jwt_settings, session_server, caplog
+    unmigrated_url, keys, jwt_settings, session_server, caplog
 ):
     app = reputation_api.create_server(
-        reputation_config_for(unmigrated_url, jwt_settings, f"127.0.0.1:{session_server.port}")
+        reputation_config_for(unmigrated_url, keys, f"127.0.0.1:{session_server.port}")
     )
 
     def call(channel):

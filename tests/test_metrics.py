@@ -11,10 +11,9 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.server import AppServer, ListenError
+from common.app import AppServer, ListenError
 from session_service import api as session_api
-from session_service import config as session_config
-from tests.conftest import sqlalchemy_url
+from tests.conftest import session_config_for
 from tests.helpers import expect_error, new_id, wait_for
 
 SESSIONS = "/interview.sessions.v1.SessionService/"
@@ -122,14 +121,10 @@ async def test_a_paired_completion_shows_in_both_services_and_in_the_outbox_gaug
     await wait_for(drained, within=20, what="the outbox gauges to report nothing undelivered")
 
 
-async def test_a_busy_metrics_port_stops_start_up(session_server, database_url, jwt_settings):
+async def test_a_busy_metrics_port_stops_start_up(session_server, database_url, keys):
     app = session_api.create_server(
-        session_config.Config(
-            listen="127.0.0.1:0",
-            database_url=sqlalchemy_url(database_url),
-            jwt=jwt_settings,
-            pool_size=1,
-            metrics_listen=f"127.0.0.1:{session_server.metrics_port}",
+        session_config_for(
+            database_url, keys, pool_size=1, metrics_listen=f"127.0.0.1:{session_server.metrics_port}"
         )
     )
     try:

@@ -12,7 +12,7 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from common.auth import INTERNAL_ROLE, mint
+from common.auth import mint
 from common.client import error_reason
 from reputation_service.client import ReputationClient, SyncReputationClient
 from session_service.client import (
@@ -21,7 +21,7 @@ from session_service.client import (
     SyncSessionClient,
     SyncSessionInternalClient,
 )
-from tests.helpers import new_id
+from tests.helpers import new_id, service_token
 
 FLAVOURS = {
     "async": (SessionClient, SessionInternalClient, ReputationClient),
@@ -30,15 +30,15 @@ FLAVOURS = {
 
 
 class Tokens:
-    """A token provider that mints a fresh token for `subject` on each call and counts the calls."""
+    """A token provider that mints a fresh user token for `subject` on each call and counts the calls."""
 
-    def __init__(self, settings, subject, roles=None):
-        self.settings, self.subject, self.roles = settings, subject, roles
+    def __init__(self, settings, subject):
+        self.settings, self.subject = settings, subject
         self.calls = 0
 
     def __call__(self):
         self.calls += 1
-        return mint(self.settings, self.settings.key, self.subject, 300, self.roles)
+        return mint(self.settings, self.settings.key, self.subject, 300)
 
 
 class Clients:
@@ -91,10 +91,10 @@ async def clients(request, session_server, reputation_server):
     await opened.close()
 
 
-async def test_every_method_returns_the_servers_real_results(clients, jwt_settings):
+async def test_every_method_returns_the_servers_real_results(clients, jwt_settings, service_keys):
     alice, bob, job = new_id(), new_id(), new_id()
     sessions = clients.sessions(Tokens(jwt_settings, alice))
-    internal = clients.internal(Tokens(jwt_settings, "service:tests", [INTERNAL_ROLE]))
+    internal = clients.internal(lambda: service_token(service_keys))
     alice_reputation = clients.reputation(Tokens(jwt_settings, alice))
     bob_reputation = clients.reputation(Tokens(jwt_settings, bob))
 

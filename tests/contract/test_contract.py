@@ -46,11 +46,11 @@ ALL_METHODS = [m for package in PROTOS for m in _methods(package)]
     ("service", "method", "descriptor"), ALL_METHODS, ids=[f"{s}/{m}" for s, m, _ in ALL_METHODS]
 )
 async def test_every_declared_rpc_is_implemented(
-    service, method, descriptor, session_server, reputation_server, jwt_settings
+    service, method, descriptor, session_server, reputation_server, jwt_settings, service_keys
 ):
     port = reputation_server.port if service.startswith("interview.reputation") else session_server.port
     metadata = (
-        service_metadata(jwt_settings)
+        service_metadata(service_keys)
         if service.endswith("InternalService")
         else user_metadata(jwt_settings, new_id())
     )

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 from google.rpc import error_details_pb2
 
+from common.app import AppServer
 from common.config import JwtSettings
-from common.server import AppServer
 from tests.helpers import new_id, user_metadata
 
 BUF = Path(sys.executable).with_name("buf")

@@ -552,9 +552,9 @@ async def test_authentication_is_checked_before_arguments(reputation):
 
 
 @pytest.mark.parametrize("roles", [None, []], ids=["with sessions.internal", "without roles"])
-async def test_a_service_token_is_permission_denied(sessions, reputation, as_user, jwt_settings, db, roles):
+async def test_a_service_token_is_permission_denied(sessions, reputation, as_user, service_keys, db, roles):
     session_id, _, _ = await paired(sessions, as_user)
-    metadata = service_metadata(jwt_settings, roles=roles)
+    metadata = service_metadata(service_keys, roles=roles)
 
     for call in (
         reputation.ConfirmCompletion(rpb.ConfirmCompletionRequest(session_id=session_id), metadata=metadata),

@@ -89,11 +89,13 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
     assert awarded == set(ids)
 
 
-async def test_a_session_service_outage_delays_completion_but_loses_nothing(database_url, jwt_settings, db):
-    session_app = await start_session_server(database_url, jwt_settings, "127.0.0.1:0")
+async def test_a_session_service_outage_delays_completion_but_loses_nothing(
+    database_url, keys, jwt_settings, db
+):
+    session_app = await start_session_server(database_url, keys, "127.0.0.1:0")
     port = session_app.port
     reputation_app = reputation_api.create_server(
-        reputation_config_for(database_url, jwt_settings, f"127.0.0.1:{port}")
+        reputation_config_for(database_url, keys, f"127.0.0.1:{port}")
     )
     await reputation_app.start()
     owner, buddy = new_id(), new_id()
@@ -117,7 +119,7 @@ async def test_a_session_service_outage_delays_completion_but_loses_nothing(data
             assert await _undelivered(db, [session_id]) == 1
 
             # The same port again; no new call reaches the reputation service from here on.
-            session_app = await start_session_server(database_url, jwt_settings, f"127.0.0.1:{port}")
+            session_app = await start_session_server(database_url, keys, f"127.0.0.1:{port}")
 
             async def completed() -> bool:
                 return await _statuses(db, [session_id]) == Counter({"completed": 1})
@@ -140,14 +142,13 @@ async def _nothing_undelivered(db, session_id: str) -> bool:
     return await _undelivered(db, [session_id]) == 0
 
 
-def _reputation_env(database_url: str, jwt_settings, session_port: int, lease: float) -> dict[str, str]:
+def _reputation_env(database_url: str, keys, session_port: int, lease: float) -> dict[str, str]:
     return {
+        **keys.env(),
         "REPUTATION_LISTEN": "127.0.0.1:0",
         "REPUTATION_METRICS_LISTEN": "127.0.0.1:0",
         "REPUTATION_DATABASE_URL": database_url,
         "SESSION_SERVICE_TARGET": f"127.0.0.1:{session_port}",
-        "JWT_KEY": jwt_settings.key,
-        "JWT_ALGORITHM": "HS256",
         "RELAY_INTERVAL_SECONDS": "0.1",
         "OUTBOX_LEASE_SECONDS": str(lease),
         "RELAY_MAX_BACKOFF_SECONDS": "0.5",
@@ -155,11 +156,11 @@ def _reputation_env(database_url: str, jwt_settings, session_port: int, lease: f
 
 
 async def test_a_reputation_process_killed_after_commit_and_before_delivery_is_finished_by_the_next(
-    database_url, jwt_settings, session_server, sessions, db
+    database_url, keys, jwt_settings, session_server, sessions, db
 ):
     owner, buddy = new_id(), new_id()
     owner_md, buddy_md = user_metadata(jwt_settings, owner), user_metadata(jwt_settings, buddy)
-    env = _reputation_env(database_url, jwt_settings, session_server.port, lease=1.0)
+    env = _reputation_env(database_url, keys, session_server.port, lease=1.0)
     first = await ServiceProcess("reputation_service", env).start()
     second: ServiceProcess | None = None
     try:
@@ -215,13 +216,13 @@ async def _award_committed_and_delivery_blocked(db, session_id: str) -> bool:
 
 
 async def test_replicas_relaying_the_same_outbox_deliver_each_row_once(
-    database_url, jwt_settings, db, caplog
+    database_url, keys, jwt_settings, db, caplog
 ):
     # Two reputation processes, plus this test run's in-process reputation server: three relays.
     caplog.set_level(logging.INFO, logger="reputation_service.relay")
-    session_app = await start_session_server(database_url, jwt_settings, "127.0.0.1:0")
+    session_app = await start_session_server(database_url, keys, "127.0.0.1:0")
     port = session_app.port
-    env = _reputation_env(database_url, jwt_settings, port, lease=5.0)
+    env = _reputation_env(database_url, keys, port, lease=5.0)
     replicas = [await ServiceProcess("reputation_service", env).start() for _ in range(2)]
     pairs = [(new_id(), new_id()) for _ in range(20)]
     try:
@@ -249,7 +250,7 @@ async def test_replicas_relaying_the_same_outbox_deliver_each_row_once(
                 )
             )
             assert all(reply.completion_pending for reply in pending)
-            session_app = await start_session_server(database_url, jwt_settings, f"127.0.0.1:{port}")
+            session_app = await start_session_server(database_url, keys, f"127.0.0.1:{port}")
 
             async def all_delivered() -> bool:
                 return await _undelivered(db, ids) == 0

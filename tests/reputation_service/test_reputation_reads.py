@@ -320,9 +320,9 @@ async def test_reads_with_a_garbage_token_are_unauthenticated(reputation, rpc):
 
 
 @pytest.mark.parametrize("rpc", list(READS))
-async def test_reads_with_a_service_token_are_permission_denied(reputation, jwt_settings, rpc):
+async def test_reads_with_a_service_token_are_permission_denied(reputation, service_keys, rpc):
     error = await expect_error(
-        getattr(reputation, rpc)(READS[rpc](SAMPLE_ID), metadata=service_metadata(jwt_settings)),
+        getattr(reputation, rpc)(READS[rpc](SAMPLE_ID), metadata=service_metadata(service_keys)),
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
     )

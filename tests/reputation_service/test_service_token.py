@@ -1,18 +1,26 @@
 """Service-to-service auth: user tokens stay out of SessionInternalService, and the reputation
 service's own short-lived token is what the session service accepts."""
 
+from pathlib import Path
+
 import grpc
 import jwt
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from common.auth import mint
+from common.config import PLAINTEXT, ServiceSigning
+from common.devcerts import write_private
 from reputation_service import domain
 from reputation_service.sessions_client import SessionsClient
-from tests.helpers import expect_error, new_id
+from tests.helpers import expect_error, new_id, new_private_key, private_pem
 
 SESSIONS_DOMAIN = "interview.sessions"
-OTHER_KEY = "another-signing-key-that-is-long-enough-for-hs256-0123456789"
+
+
+def trusted_key(jwks_file: str, kid: str):
+    """The public key the session service trusts under `kid`."""
+    return jwt.PyJWKSet.from_json(Path(jwks_file).read_text())[kid].key
 
 
 def user_token(settings, user_id, roles=None):
@@ -56,14 +64,14 @@ async def test_a_user_token_cannot_call_the_internal_service_even_claiming_the_r
 
 
 @pytest.fixture
-async def sessions_client(session_server, jwt_settings):
-    client = SessionsClient(f"127.0.0.1:{session_server.port}", jwt_settings, jwt_settings.key, 2.0)
+async def sessions_client(session_server, service_keys):
+    client = SessionsClient(f"127.0.0.1:{session_server.port}", service_keys.reputation, PLAINTEXT, 2.0)
     yield client
     await client.close()
 
 
 async def test_the_reputation_services_token_is_a_short_lived_internal_service_token(
-    sessions_client, jwt_settings
+    sessions_client, service_keys
 ):
     ((key, value),) = sessions_client._metadata()
     assert key == "authorization"
@@ -73,18 +81,17 @@ async def test_the_reputation_services_token_is_a_short_lived_internal_service_t
     header = jwt.get_unverified_header(token)
     claims = jwt.decode(
         token,
-        jwt_settings.key,
-        algorithms=[jwt_settings.algorithm],
-        audience=jwt_settings.audience,
-        issuer=jwt_settings.issuer,
+        trusted_key(service_keys.jwks_file, service_keys.reputation.key_id),
+        algorithms=["EdDSA"],
+        audience="interview.internal",
         options={"require": ["exp", "iat", "iss", "aud", "sub"]},
     )
 
-    assert header["alg"] == jwt_settings.algorithm
-    assert claims["sub"] == "service:reputation"
+    assert header["alg"] == "EdDSA"
+    assert header["kid"] == service_keys.reputation.key_id
+    assert claims["sub"] == claims["iss"] == "service:reputation"
     assert claims["roles"] == ["sessions.internal"]
-    assert claims["iss"] == jwt_settings.issuer
-    assert claims["aud"] == jwt_settings.audience
+    assert claims["aud"] == "interview.internal"
     assert 0 < claims["exp"] - claims["iat"] <= 120
 
 
@@ -109,12 +116,15 @@ async def test_the_reputation_services_client_gets_session_not_found_for_an_unkn
     assert raised.value.metadata == {"session_id": missing}
 
 
-async def test_a_client_signing_with_another_key_is_rejected_as_unauthenticated(
-    session_server, sessions, as_user, jwt_settings, db
+@pytest.mark.parametrize("kid", ["reputation-key", "unknown-key"])
+async def test_a_client_signing_with_a_key_the_session_service_does_not_trust_is_unauthenticated(
+    session_server, sessions, as_user, db, tmp_path, kid
 ):
     owner, partner = new_id(), new_id()
     created = await create_paired(sessions, as_user, owner, partner)
-    client = SessionsClient(f"127.0.0.1:{session_server.port}", jwt_settings, OTHER_KEY, 2.0)
+    write_private(tmp_path / "other.pem", private_pem(new_private_key()))
+    other = ServiceSigning(key_file=str(tmp_path / "other.pem"), key_id=kid)
+    client = SessionsClient(f"127.0.0.1:{session_server.port}", other, PLAINTEXT, 2.0)
     try:
         with pytest.raises(grpc.aio.AioRpcError) as lookup:
             await client.lookup(created.session_id)

@@ -19,10 +19,10 @@ async def _closed_port() -> int:
 
 
 async def test_a_first_confirmation_while_the_session_service_is_down_is_unavailable_and_records_nothing(
-    database_url, jwt_settings, db
+    database_url, keys, jwt_settings, db
 ):
     app = reputation_api.create_server(
-        reputation_config_for(database_url, jwt_settings, f"127.0.0.1:{await _closed_port()}")
+        reputation_config_for(database_url, keys, f"127.0.0.1:{await _closed_port()}")
     )
     await app.start()
     session_id, user = new_id(), new_id()

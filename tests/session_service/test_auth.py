@@ -1,6 +1,8 @@
 """Who may call what: token verification, service versus user tokens, and hiding other users' sessions."""
 
 import time
+from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import jwt
@@ -8,24 +10,73 @@ import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from common.auth import mint
-from tests.helpers import expect_error, new_id, service_metadata
+from tests.helpers import expect_error, new_id, new_private_key, service_metadata
 
 DOMAIN = "interview.sessions"
 SERVICE_SUBJECT = "service:tests"
 INTERNAL_ROLE = "sessions.internal"
 
 
-def claims_for(settings, subject, roles=None, **overrides):
+@dataclass(frozen=True)
+class Issuer:
+    """How a valid token of one kind is made: user tokens by the identity provider (HS256 here),
+    service tokens by the calling service's own Ed25519 key. `secret` is the user-token HS256 key,
+    the one an attacker would try to sign anything with."""
+
+    issuer: str | None
+    audience: str
+    key: Any
+    algorithm: str
+    secret: str
+    other_key: Any
+    kid: str | None = None
+
+
+@pytest.fixture(scope="module")
+def user_issuer(jwt_settings) -> Issuer:
+    return Issuer(
+        jwt_settings.issuer,
+        jwt_settings.audience,
+        jwt_settings.key,
+        "HS256",
+        jwt_settings.key,
+        "another-key-that-is-long-enough-for-hs256-0123456789",
+    )
+
+
+@pytest.fixture(scope="module")
+def service_issuer(jwt_settings, service_keys) -> Issuer:
+    return Issuer(
+        None,
+        "interview.internal",
+        service_keys.tests_key,
+        "EdDSA",
+        jwt_settings.key,
+        new_private_key(),
+        kid="tests-key",
+    )
+
+
+def claims_for(issuer, subject, roles=None, **overrides):
     now = int(time.time())
-    claims = {"sub": subject, "iss": settings.issuer, "aud": settings.audience, "iat": now, "exp": now + 300}
+    claims = {
+        "sub": subject,
+        "iss": issuer.issuer or subject,
+        "aud": issuer.audience,
+        "iat": now,
+        "exp": now + 300,
+    }
     if roles is not None:
         claims["roles"] = roles
     claims.update(overrides)
     return {key: value for key, value in claims.items() if value is not None}
 
 
-def signed(settings, claims, key=None, algorithm="HS256"):
-    return jwt.encode(claims, settings.key if key is None else key, algorithm=algorithm)
+def signed(issuer, claims, key=None, algorithm=None):
+    headers = {"kid": issuer.kid} if issuer.kid else None
+    return jwt.encode(
+        claims, issuer.key if key is None else key, algorithm=algorithm or issuer.algorithm, headers=headers
+    )
 
 
 def unsigned(claims):
@@ -47,8 +98,7 @@ BAD_AUTHORIZATION = {
         "Bearer " + signed(s, claims_for(s, sub, roles, exp=int(time.time()) - 300))
     ),
     "signed with another key": lambda s, sub, roles: (
-        "Bearer "
-        + signed(s, claims_for(s, sub, roles), key="another-key-that-is-long-enough-for-hs256-0123456789")
+        "Bearer " + signed(s, claims_for(s, sub, roles), key=s.other_key)
     ),
     "wrong audience": lambda s, sub, roles: (
         "Bearer " + signed(s, claims_for(s, sub, roles, aud="someone-else"))
@@ -61,8 +111,8 @@ BAD_AUTHORIZATION = {
     "alg none with a forged signature": lambda s, sub, roles: (
         "Bearer " + unsigned(claims_for(s, sub, roles)) + "c2lnbmF0dXJl"
     ),
-    "HS512 with the right key": lambda s, sub, roles: (
-        "Bearer " + signed(s, claims_for(s, sub, roles), algorithm="HS512")
+    "HS512 with the user-token secret": lambda s, sub, roles: (
+        "Bearer " + signed(s, claims_for(s, sub, roles), key=s.secret, algorithm="HS512")
     ),
     "subject is not a uuid": lambda s, sub, roles: "Bearer " + signed(s, claims_for(s, "alice", roles)),
     "subject is an empty service name": lambda s, sub, roles: (
@@ -77,12 +127,12 @@ def as_metadata(authorization):
 
 
 @pytest.mark.parametrize("case", list(BAD_AUTHORIZATION))
-async def test_get_session_with_a_bad_token_is_unauthenticated(sessions, as_user, jwt_settings, case):
+async def test_get_session_with_a_bad_token_is_unauthenticated(sessions, as_user, user_issuer, case):
     owner = new_id()
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(owner)
     )
-    authorization = BAD_AUTHORIZATION[case](jwt_settings, owner, None)
+    authorization = BAD_AUTHORIZATION[case](user_issuer, owner, None)
 
     error = await expect_error(
         sessions.GetSession(
@@ -98,12 +148,12 @@ async def test_get_session_with_a_bad_token_is_unauthenticated(sessions, as_user
 
 @pytest.mark.parametrize("case", list(BAD_AUTHORIZATION))
 async def test_lookup_session_with_a_bad_token_is_unauthenticated(
-    sessions, internal, as_user, jwt_settings, case
+    sessions, internal, as_user, service_issuer, case
 ):
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(new_id())
     )
-    authorization = BAD_AUTHORIZATION[case](jwt_settings, SERVICE_SUBJECT, [INTERNAL_ROLE])
+    authorization = BAD_AUTHORIZATION[case](service_issuer, SERVICE_SUBJECT, [INTERNAL_ROLE])
 
     error = await expect_error(
         internal.LookupSession(
@@ -116,12 +166,12 @@ async def test_lookup_session_with_a_bad_token_is_unauthenticated(
 
 
 @pytest.mark.parametrize("case", ["expired five minutes ago", "alg none", "no metadata"])
-async def test_a_rejected_token_changes_nothing(sessions, as_user, jwt_settings, db, case):
+async def test_a_rejected_token_changes_nothing(sessions, as_user, user_issuer, db, case):
     owner = new_id()
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(owner)
     )
-    authorization = as_metadata(BAD_AUTHORIZATION[case](jwt_settings, owner, None))
+    authorization = as_metadata(BAD_AUTHORIZATION[case](user_issuer, owner, None))
 
     await expect_error(
         sessions.CompleteSession(
@@ -142,30 +192,34 @@ async def test_a_rejected_token_changes_nothing(sessions, as_user, jwt_settings,
     )
 
 
-async def test_the_sanity_baseline_tokens_built_here_are_accepted(sessions, internal, as_user, jwt_settings):
+async def test_the_sanity_baseline_tokens_built_here_are_accepted(
+    sessions, internal, as_user, user_issuer, service_issuer
+):
     """The bad-token cases differ from these in one way each; these must pass."""
     owner = new_id()
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(owner)
     )
-    user = as_metadata("Bearer " + signed(jwt_settings, claims_for(jwt_settings, owner)))
+    user = as_metadata("Bearer " + signed(user_issuer, claims_for(user_issuer, owner)))
     got = await sessions.GetSession(pb.GetSessionRequest(session_id=created.session_id), metadata=user)
     assert got == created
     service = as_metadata(
-        "Bearer " + signed(jwt_settings, claims_for(jwt_settings, SERVICE_SUBJECT, [INTERNAL_ROLE]))
+        "Bearer " + signed(service_issuer, claims_for(service_issuer, SERVICE_SUBJECT, [INTERNAL_ROLE]))
     )
     looked_up = await internal.LookupSession(
         pb.LookupSessionRequest(session_id=created.session_id), metadata=service
     )
     assert looked_up == created
-    lowercase_scheme = as_metadata("bearer " + signed(jwt_settings, claims_for(jwt_settings, owner)))
+    lowercase_scheme = as_metadata("bearer " + signed(user_issuer, claims_for(user_issuer, owner)))
     got = await sessions.GetSession(
         pb.GetSessionRequest(session_id=created.session_id), metadata=lowercase_scheme
     )
     assert got == created
 
 
-async def test_a_token_expired_ten_seconds_ago_is_still_accepted(sessions, internal, as_user, jwt_settings):
+async def test_a_token_expired_ten_seconds_ago_is_still_accepted(
+    sessions, internal, as_user, jwt_settings, service_issuer
+):
     owner = new_id()
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(owner)
@@ -174,7 +228,11 @@ async def test_a_token_expired_ten_seconds_ago_is_still_accepted(sessions, inter
     got = await sessions.GetSession(pb.GetSessionRequest(session_id=created.session_id), metadata=user)
     assert got == created
 
-    service_token = mint(jwt_settings, jwt_settings.key, SERVICE_SUBJECT, -10, [INTERNAL_ROLE])
+    now = int(time.time())
+    service_token = signed(
+        service_issuer,
+        claims_for(service_issuer, SERVICE_SUBJECT, [INTERNAL_ROLE], iat=now - 100, exp=now - 10),
+    )
     looked_up = await internal.LookupSession(
         pb.LookupSessionRequest(session_id=created.session_id),
         metadata=(("authorization", "Bearer " + service_token),),
@@ -230,7 +288,7 @@ async def test_a_user_token_claiming_the_internal_role_is_still_permission_denie
 
 @pytest.mark.parametrize("roles", [[], ["sessions.reader"], ["SESSIONS.INTERNAL"]], ids=str)
 async def test_a_service_token_without_the_internal_role_is_permission_denied(
-    sessions, internal, as_user, jwt_settings, roles
+    sessions, internal, as_user, service_keys, roles
 ):
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(new_id())
@@ -238,7 +296,7 @@ async def test_a_service_token_without_the_internal_role_is_permission_denied(
     error = await expect_error(
         internal.LookupSession(
             pb.LookupSessionRequest(session_id=created.session_id),
-            metadata=service_metadata(jwt_settings, roles=roles),
+            metadata=service_metadata(service_keys, roles=roles),
         ),
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
@@ -247,12 +305,12 @@ async def test_a_service_token_without_the_internal_role_is_permission_denied(
 
 
 async def test_a_service_token_without_any_roles_claim_is_permission_denied(
-    sessions, internal, as_user, jwt_settings
+    sessions, internal, as_user, service_issuer
 ):
     created = await sessions.CreateSession(
         pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(new_id())
     )
-    token = mint(jwt_settings, jwt_settings.key, SERVICE_SUBJECT, 300)
+    token = signed(service_issuer, claims_for(service_issuer, SERVICE_SUBJECT))
     await expect_error(
         internal.LookupSession(
             pb.LookupSessionRequest(session_id=created.session_id),

@@ -12,30 +12,28 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc
 
-from common.config import JwtSettings
 from tests.helpers import new_id, user_metadata, wait_for
 from tests.servers import ServiceProcess
 
-GOOD_KEY = "k" * 40
 
-
-def _env(database_url: str, **overrides: str) -> dict[str, str]:
+def _env(database_url: str, keys, **overrides: str) -> dict[str, str]:
     env = {
+        **keys.env(),
         "SESSION_LISTEN": "127.0.0.1:0",
         "SESSION_METRICS_LISTEN": "127.0.0.1:0",
         "SESSION_DATABASE_URL": database_url,
-        "JWT_KEY": GOOD_KEY,
-        "JWT_ALGORITHM": "HS256",
     }
     env.update(overrides)
     return {key: value for key, value in env.items() if value != "<unset>"}
 
 
-async def test_sigterm_lets_the_in_flight_call_finish_reports_not_serving_and_exits_zero(database_url, db):
+async def test_sigterm_lets_the_in_flight_call_finish_reports_not_serving_and_exits_zero(
+    database_url, keys, db
+):
     owner = new_id()
-    env = _env(database_url)
+    env = _env(database_url, keys)
     server = await ServiceProcess("session_service", env).start()
-    settings = JwtSettings("HS256", GOOD_KEY, "interview-dev", "interview")
+    settings = keys.jwt
     try:
         async with grpc.aio.insecure_channel(server.target) as channel:
             health = health_pb2_grpc.HealthStub(channel)
@@ -85,16 +83,17 @@ async def _waiting_on_lock(db) -> bool:
     return waiting > 0
 
 
-def test_a_second_server_on_a_busy_port_fails_instead_of_sharing_it(session_server, database_url):
+def test_a_second_server_on_a_busy_port_fails_instead_of_sharing_it(session_server, database_url, keys):
     result = subprocess.run(
         [sys.executable, "-m", "session_service"],
         env={
             "PATH": "/usr/bin:/bin",
-            **_env(database_url, SESSION_LISTEN=f"127.0.0.1:{session_server.port}"),
+            **_env(database_url, keys, SESSION_LISTEN=f"127.0.0.1:{session_server.port}"),
         },
         capture_output=True,
         text=True,
         timeout=30,
     )
-    assert result.returncode != 0
+    assert result.returncode == 1
+    assert "cannot listen" in result.stderr
     assert "Traceback" not in result.stderr

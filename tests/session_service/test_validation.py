@@ -425,13 +425,15 @@ async def test_uppercase_uuids_are_accepted_and_returned_lowercase(
     )
 
 
-async def test_an_uppercase_user_id_in_the_token_is_the_same_user(sessions, as_user, jwt_settings):
+async def test_a_user_id_in_the_token_that_is_not_canonical_is_unauthenticated(sessions, jwt_settings, db):
+    # One user, one spelling: an uppercase subject would otherwise be a second name for the same user.
     owner = new_id()
-    created = await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id()), metadata=user_metadata(jwt_settings, owner.upper())
+    await expect_error(
+        sessions.CreateSession(
+            pb.CreateSessionRequest(job_posting_id=new_id()),
+            metadata=user_metadata(jwt_settings, owner.upper()),
+        ),
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHENTICATED",
     )
-    assert created.user_id == owner
-    got = await sessions.GetSession(
-        pb.GetSessionRequest(session_id=created.session_id), metadata=as_user(owner)
-    )
-    assert got == created
+    assert await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE user_id = $1", owner) == 0

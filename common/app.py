@@ -1,0 +1,152 @@
+"""A service's gRPC server: its services behind the interceptor, health tied to the database,
+reflection, TLS, and graceful start and stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from common.auth import Access, Authenticator
+from common.config import TlsSettings
+from common.interceptor import CallInterceptor
+from common.metrics import Metrics
+from common.tls import server_credentials
+
+log = logging.getLogger("rpc")
+
+SERVER_OPTIONS = [
+    # A second server on a busy port must fail, not silently share it (workers of one service
+    # share theirs on purpose: see build_server's reuse_port).
+    ("grpc.so_reuseport", 0),
+    ("grpc.max_receive_message_length", 1024 * 1024),
+    ("grpc.max_send_message_length", 4 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
+]
+HEALTH_INTERVAL_SECONDS = 1.0
+SHUTDOWN_GRACE_SECONDS = 10.0
+
+
+class ListenError(OSError):
+    """The server could not bind its address (in use, or not a local address)."""
+
+
+@dataclass
+class ServiceBinding:
+    """One gRPC service to serve: how to register it, its full name, and who may call it."""
+
+    register: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+    name: str
+    access: Access
+
+
+@dataclass
+class AppServer:
+    """A started server with its health state and metrics; `stop()` shuts it down gracefully."""
+
+    server: grpc.aio.Server
+    port: int
+    health: Any
+    service_names: list[str]
+    probe: Callable[[], Awaitable[bool]]
+    metrics: Metrics
+    on_start: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    _monitor: asyncio.Task[None] | None = None
+
+    async def _set_all(self, status: int) -> None:
+        for name in ["", *self.service_names]:
+            await self.health.set(name, status)
+
+    async def _watch_database(self) -> None:
+        serving: bool | None = None
+        while True:
+            ok = await self.probe()
+            if ok != serving:
+                serving = ok
+                state = (
+                    health_pb2.HealthCheckResponse.SERVING
+                    if ok
+                    else health_pb2.HealthCheckResponse.NOT_SERVING
+                )
+                await self._set_all(state)
+                log.info({"event": "health", "serving": ok})
+            await asyncio.sleep(HEALTH_INTERVAL_SECONDS)
+
+    @property
+    def metrics_port(self) -> int:
+        """Where /metrics is served once started (the real port when configured with port 0)."""
+        return self.metrics.port
+
+    async def start(self) -> None:
+        # Metrics first: an unusable metrics address stops start-up before any call is taken.
+        try:
+            self.metrics.start()
+        except OSError as error:
+            raise ListenError(f"cannot serve metrics on {self.metrics.listen}: {error}") from None
+        await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        self._monitor = asyncio.create_task(self._watch_database())
+        for begin in self.on_start:
+            await begin()
+
+    async def stop(self, grace: float = SHUTDOWN_GRACE_SECONDS) -> None:
+        """NOT_SERVING first, then let in-flight calls finish, then close what the service opened."""
+        if self._monitor is not None:
+            self._monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._monitor
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+        for close in self.on_stop:
+            await close()
+        await self.metrics.stop()  # last, so a shutdown can be watched to the end
+
+
+def build_server(
+    listen: str,
+    domain: str,
+    authenticator: Authenticator,
+    bindings: Iterable[ServiceBinding],
+    probe: Callable[[], Awaitable[bool]],
+    metrics: Metrics,
+    tls: TlsSettings,
+    reuse_port: bool = False,
+) -> AppServer:
+    """Creates (does not start) a grpc.aio server with the services, health, reflection and
+    `metrics` (served on their own port from `start()`); TLS when `tls` has a certificate.
+    `reuse_port` only for the workers of one service, which share their port on purpose."""
+    bindings = list(bindings)
+    options = [
+        (key, int(reuse_port) if key == "grpc.so_reuseport" else value) for key, value in SERVER_OPTIONS
+    ]
+    access = {b.name: b.access for b in bindings}
+    server = grpc.aio.server(
+        interceptors=[CallInterceptor(domain, authenticator, access, metrics)],
+        options=options,
+    )
+    for binding in bindings:
+        binding.register(binding.servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = [b.name for b in bindings]
+    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    try:
+        if tls.serving:
+            port = server.add_secure_port(listen, server_credentials(tls))
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as error:  # grpc reports a failed bind this way
+        raise ListenError(f"cannot listen on {listen}: {error}") from None
+    return AppServer(
+        server=server, port=port, health=health_servicer, service_names=names, probe=probe, metrics=metrics
+    )
