@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, seed
-from bench.cases import KINDS, Runner, Timing, median
+from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median
 from bench.loadgen import LoadPool
 from bench.stack import Stack
 from bench.workloads import SCENARIOS
@@ -38,6 +38,8 @@ class Settings:
     conversation: int  # messages in the one long session ListMessages pages through
     workers_scenarios: tuple[str, ...]
     workers_concurrency: int
+    tls_scenarios: tuple[str, ...]  # measured with the services, fused and echo floors on mutual TLS
+    tls_concurrency: int
 
 
 FULL = Settings(
@@ -53,9 +55,11 @@ FULL = Settings(
     conversation=10_000,
     workers_scenarios=("GetSession", "CreateSession"),
     workers_concurrency=64,
+    tls_scenarios=("GetSession", "CreateSession", "AppendMessage", "ConfirmCompletion"),
+    tls_concurrency=16,
 )
 SMOKE = replace(FULL, smoke=True, concurrency=(4,), repeat=1, warmup=0.1, window=0.3, lead=0.2, clients=2)
-SMOKE = replace(SMOKE, small=500, large=5_000, conversation=300, workers_concurrency=4)
+SMOKE = replace(SMOKE, small=500, large=5_000, conversation=300, workers_concurrency=4, tls_concurrency=4)
 
 
 def _say(line: str) -> None:
@@ -85,7 +89,7 @@ def _workers(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]
         s: {"concurrency": settings.workers_concurrency} for s in settings.workers_scenarios
     }
     for workers in (1, 2):
-        if stack.workers != workers:
+        if stack.workers != workers or stack.tls:
             stack.stop_services()
             stack.start_services(workers)
         for scenario in settings.workers_scenarios:
@@ -95,6 +99,41 @@ def _workers(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]
     for case in results.values():
         case["speedup"] = case["2"]["ops_per_s"] / case["1"]["ops_per_s"] if case["1"]["ops_per_s"] else 0.0
     return results
+
+
+def _tls(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
+    """The hot RPCs with the services (one worker each) serving mutual TLS, against the fused floor
+    over TLS, the echo floor over TLS and, in the same repetitions, the fused floor over plaintext."""
+    began = time.monotonic()
+    stack.stop_services()
+    stack.start_services(1, tls=True)
+    concurrency = settings.tls_concurrency
+    results: dict[str, Any] = {}
+    for scenario in settings.tls_scenarios:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in TLS_KINDS}
+        for _ in range(settings.repeat):
+            for name, (kind, tls) in TLS_KINDS.items():
+                runs[name].append(runner.once(scenario, kind, concurrency, tls=tls))
+        kinds = {name: median(name_runs) for name, name_runs in runs.items()}
+        service, fused, plaintext = kinds["service"], kinds["fused"], kinds["fused_plaintext"]
+        ratio = service["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
+        floor_ratio = fused["ops_per_s"] / plaintext["ops_per_s"] if plaintext["ops_per_s"] else 0.0
+        results[scenario] = {
+            "kinds": kinds,
+            "ratio": ratio,  # service over TLS / fused floor over TLS
+            "floor_tls_over_plaintext": floor_ratio,  # fused floor: TLS / plaintext throughput
+            "floor_tls_cpu_us_per_call": fused["cpu_us_per_call"] - plaintext["cpu_us_per_call"],
+        }
+        _say(
+            f"{scenario:18} c={concurrency:<3} TLS {service['ops_per_s']:9,.0f} ops/s  ÷ fused TLS "
+            f"{ratio:.2f}  fused TLS ÷ plaintext {floor_ratio:.2f}"
+        )
+    return {
+        "concurrency": concurrency,
+        "mutual": bool(stack.server_tls["TLS_CLIENT_CA_FILE"]),
+        "scenarios": results,
+        "seconds": time.monotonic() - began,  # the restart included
+    }
 
 
 def _scale(runner: Runner, stack: Stack, settings: Settings, small: dict[str, Any]) -> dict[str, Any]:
@@ -144,6 +183,7 @@ def run(settings: Settings, out: Path) -> Path:
         result["scale"]["rows"]["small"] = small_rows
         result["scale"]["seed_seconds"]["small"] = small_seconds
         result["workers"] = _workers(runner, stack, settings)
+        result["tls"] = _tls(runner, stack, settings)
         cleanup.close()
         result["peak_rss_mib"] = stack.peaks
     result["machine"]["load_average_at_end"] = os.getloadavg()

@@ -1,6 +1,7 @@
 """One load process: `slots` closed-loop callers (grpc.aio, or asyncpg for the db floor), each
 sending its next call as soon as the previous one answers, on the timetable the Job carries
-(CLOCK_MONOTONIC, shared by all processes): start, warm-up until `measure`, count until `end`."""
+(CLOCK_MONOTONIC, shared by all processes): start, warm-up until `measure`, count until `end`.
+gRPC goes plaintext, or mutual TLS when the Job carries client TlsSettings."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import grpc
 from bench import sqlpaths
 from bench.workloads import SCENARIOS, Data, Requests
 from common.auth import mint
-from common.config import JwtSettings
+from common.config import JwtSettings, TlsSettings
+from common.tls import aio_channel
 
 CHANNELS_PER_PROCESS = 4  # separate connections, so SO_REUSEPORT workers all get some
 SIZE_SAMPLES = 200
@@ -30,6 +32,8 @@ class Job:
     slots: int
     data: Data
     jwt: JwtSettings
+    page_secret: bytes  # the services' PAGE_TOKEN_SECRET, for the page tokens ListMessages sends
+    tls: TlsSettings | None = None  # dial TLS: trust its ca_file, present its client certificate
     calls: tuple[int, int] = (0, 0)  # the call numbers this process may use, for consuming scenarios
     times: tuple[float, float, float] = (0.0, 0.0, 0.0)  # start, measure, end
     request_bytes: int = 0
@@ -63,7 +67,7 @@ def serve_jobs(conn: Any) -> None:
 
 async def _run(job: Job) -> Result:
     spec = SCENARIOS[job.scenario]
-    requests = Requests(job.scenario, job.data, job.jwt.key.encode(), job.seed)
+    requests = Requests(job.scenario, job.data, job.page_secret, job.seed)
     result = Result()
     tokens: dict[str, tuple[tuple[str, str]]] = {}
 
@@ -76,7 +80,7 @@ async def _run(job: Job) -> Result:
     methods: list[Any] = []
     pools = None
     if job.kind == "db":
-        pools = await sqlpaths.open_pools(*job.dsns, job.pool_size, job.jwt.key.encode())
+        pools = await sqlpaths.open_pools(*job.dsns, job.pool_size, job.page_secret)
         path = sqlpaths.PATHS[job.scenario]
 
         async def send(slot: int, caller: str, request: Any) -> Any:
@@ -85,8 +89,7 @@ async def _run(job: Job) -> Result:
     else:
         options = [("grpc.use_local_subchannel_pool", 1)]
         channels = [
-            grpc.aio.insecure_channel(job.target, options=options)
-            for _ in range(min(job.slots, CHANNELS_PER_PROCESS))
+            aio_channel(job.target, job.tls, options) for _ in range(min(job.slots, CHANNELS_PER_PROCESS))
         ]
         await asyncio.gather(*(asyncio.wait_for(c.channel_ready(), 15) for c in channels))
         if job.kind == "raw":

@@ -19,6 +19,15 @@ from bench.stack import Stack
 from bench.workloads import SCENARIOS, Data, batch_rows
 
 KINDS = ("service", "fused", "db", "rpc")
+# The TLS rows: name -> (kind, over TLS). The service, the fused floor and the echo floor over mutual
+# TLS, and beside them, in the same repetitions, the same fused floor process over plaintext: what
+# TLS itself costs.
+TLS_KINDS = {
+    "service": ("service", True),
+    "fused": ("fused", True),
+    "rpc": ("rpc", True),
+    "fused_plaintext": ("fused", False),
+}
 FIRST_GUESS_OPS = 1500.0  # calls/s assumed before a consuming scenario has been measured
 MAX_ATTEMPTS = 3  # a run that used up its rows (or finished no call) is run again, with more of either
 
@@ -80,17 +89,24 @@ class Runner:
         self.timing = timing
         self.data = data
         self._sizes: dict[str, tuple[int, int]] = {}  # scenario -> (request, reply) bytes seen
-        self._rates: dict[tuple[str, str], tuple[float, int]] = {}  # best (calls/s, at concurrency)
+        # (scenario, kind, TLS) -> the best (calls/s, at concurrency) seen
+        self._rates: dict[tuple[str, str, bool], tuple[float, int]] = {}
         self._batches = 0
         self._random = random.Random(7)
 
-    def case(self, scenario: str, kind: str, concurrency: int, data: Data | None = None) -> dict[str, Any]:
-        return median([self.once(scenario, kind, concurrency, data) for _ in range(self.timing.repeat)])
+    def case(
+        self, scenario: str, kind: str, concurrency: int, data: Data | None = None, tls: bool = False
+    ) -> dict[str, Any]:
+        runs = [self.once(scenario, kind, concurrency, data, tls) for _ in range(self.timing.repeat)]
+        return median(runs)
 
-    def once(self, scenario: str, kind: str, concurrency: int, data: Data | None = None) -> dict[str, Any]:
-        """One run; consuming scenarios get freshly seeded rows, more if a run used them all up."""
+    def once(
+        self, scenario: str, kind: str, concurrency: int, data: Data | None = None, tls: bool = False
+    ) -> dict[str, Any]:
+        """One run; consuming scenarios get freshly seeded rows, more if a run used them all up.
+        With `tls` the calls go over mutual TLS (for "service", the services must be serving it)."""
         spec = SCENARIOS[scenario]
-        target, pids = self._server(kind, spec.service)
+        target, pids = self._server(kind, spec.service, tls)
         sizes = self._sizes.get(scenario, (0, 0))
         job = Job(
             kind="raw" if kind == "rpc" else "db" if kind == "db" else "grpc",
@@ -99,6 +115,8 @@ class Runner:
             slots=concurrency,
             data=data or self.data,
             jwt=self.stack.jwt,
+            page_secret=self.stack.page_secret,
+            tls=self.stack.client_tls if tls else None,
             request_bytes=sizes[0],
             response_bytes=sizes[1],
             dsns=self.stack.dsns,
@@ -114,7 +132,7 @@ class Runner:
         window = timing.window
         for attempt in range(MAX_ATTEMPTS):
             if spec.consumes and kind != "rpc":
-                calls = self._budget((scenario, kind), concurrency) * 4**attempt
+                calls = self._budget((scenario, kind, tls), concurrency) * 4**attempt
                 job = replace(
                     job, data=replace(job.data, batch_tag=self._seed_batch(scenario, calls)), calls=(0, calls)
                 )
@@ -130,26 +148,32 @@ class Runner:
         summary = summarize(result, cpu, window)
         if kind == "service" and "request_bytes" in summary:
             self._sizes[scenario] = (summary["request_bytes"], summary["response_bytes"])
-        if summary["ops_per_s"] > self._rates.get((scenario, kind), (0.0, 1))[0]:
-            self._rates[(scenario, kind)] = (summary["ops_per_s"], concurrency)
+        if summary["ops_per_s"] > self._rates.get((scenario, kind, tls), (0.0, 1))[0]:
+            self._rates[(scenario, kind, tls)] = (summary["ops_per_s"], concurrency)
         return summary
 
-    def _server(self, kind: str, service: str) -> tuple[str, list[int]]:
+    def _server(self, kind: str, service: str, tls: bool) -> tuple[str, list[int]]:
         """Where a kind of run sends its calls, and the processes whose CPU counts as its server's."""
         if kind == "service":
+            if self.stack.tls != tls:
+                raise RuntimeError(f"the services serve {'TLS' if self.stack.tls else 'plaintext'}")
             # The reputation service calls the session service: both serve a confirmation.
             pids = self.stack.service_pids("session" if service == "session" else None)
             return f"127.0.0.1:{self.stack.ports[service]}", pids
         if kind == "db":
             return "", [self.pool.db_pid]
         floor = "echo" if kind == "rpc" else "fused"
-        process, port = self.stack.floors[floor]
-        return f"127.0.0.1:{port}", [process.pid]
+        process, port, tls_port = self.stack.floors[floor]
+        return f"127.0.0.1:{tls_port if tls else port}", [process.pid]
 
-    def _budget(self, case: tuple[str, str], concurrency: int) -> int:
+    def _budget(self, case: tuple[str, str, bool], concurrency: int) -> int:
         """Rows enough for the run with a margin, from the best rate seen so far for this scenario
-        and kind (scaled up, to a point, when the concurrency has grown since)."""
-        rate, measured_at = self._rates.get(case, (FIRST_GUESS_OPS, 1))
+        and kind (scaled up, to a point, when the concurrency has grown since); a TLS case not yet
+        measured starts from its plaintext twin's rate."""
+        scenario, kind, _ = case
+        rate, measured_at = self._rates.get(
+            case, self._rates.get((scenario, kind, False), (FIRST_GUESS_OPS, 1))
+        )
         expected = rate * min(4.0, max(1.0, concurrency / measured_at))
         seconds = self.timing.lead + self.timing.warmup + self.timing.window
         return int(expected * seconds * 1.5) + 20 * concurrency

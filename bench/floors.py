@@ -1,7 +1,13 @@
 """The yardstick servers, each its own process so its CPU time can be read from /proc:
 
-python -m bench.floors echo PORT    empty unary handler: bytes in, a reply of the size the method names
-python -m bench.floors fused PORT   the same JWT check and SQL as the services, no framework around them
+python -m bench.floors echo PORT [TLS_PORT]    empty unary handler: bytes in, a reply of the size the
+                                               method names
+python -m bench.floors fused PORT [TLS_PORT]   the same JWT check and SQL as the services, no
+                                               framework around them
+
+With TLS_PORT, the same handlers are served there too over TLS (TLS_CERT_FILE, TLS_KEY_FILE, and
+mutual TLS with TLS_CLIENT_CA_FILE), as the services serve it: one process, so the plaintext and
+the TLS figures differ by the transport alone.
 """
 
 from __future__ import annotations
@@ -20,9 +26,10 @@ from interview.sessions.v1 import sessions_pb2 as pb
 
 from bench import sqlpaths
 from bench.workloads import SCENARIOS
-from common.auth import LEEWAY_SECONDS
-from common.config import jwt_settings, positive_int
-from common.server import SERVER_OPTIONS
+from common.app import SERVER_OPTIONS
+from common.auth.verify import LEEWAY_SECONDS
+from common.config import jwt_settings, page_token_secret, positive_int, tls_settings
+from common.tls import server_credentials
 from session_service.api import STATUS_NUMBERS, message_pb, session_pb
 from session_service.store import micros
 
@@ -108,6 +115,8 @@ def fused_handlers(pools: sqlpaths.Pools) -> list[grpc.GenericRpcHandler]:
                 result = await path(pools, caller, request)
             except sqlpaths.NotFound as error:
                 await context.abort(grpc.StatusCode.NOT_FOUND, str(error))
+            except sqlpaths.Invalid as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
             return reply(pools, scenario, caller, request, result)
 
         spec = SCENARIOS[scenario]
@@ -124,19 +133,21 @@ def fused_handlers(pools: sqlpaths.Pools) -> list[grpc.GenericRpcHandler]:
     return [grpc.method_handlers_generic_handler(service, methods) for service, methods in services.items()]
 
 
-async def serve(kind: str, port: int) -> None:
+async def serve(kind: str, port: int, tls_port: int | None) -> None:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     pools = None
     if kind == "echo":
         server.add_generic_rpc_handlers((Echo(),))
     else:
         size = positive_int(os.environ, "SESSION_DB_POOL_SIZE", 10)
-        key = jwt_settings(os.environ).key.encode()
+        secret = page_token_secret(os.environ)
         pools = await sqlpaths.open_pools(
-            os.environ["BENCH_SESSION_DSN"], os.environ["BENCH_REPUTATION_DSN"], size, key
+            os.environ["BENCH_SESSION_DSN"], os.environ["BENCH_REPUTATION_DSN"], size, secret
         )
         server.add_generic_rpc_handlers(fused_handlers(pools))
     server.add_insecure_port(f"127.0.0.1:{port}")
+    if tls_port is not None:
+        server.add_secure_port(f"127.0.0.1:{tls_port}", server_credentials(tls_settings(os.environ)))
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(signum, stop.set)
@@ -149,4 +160,4 @@ async def serve(kind: str, port: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None))

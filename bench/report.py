@@ -16,6 +16,9 @@ from bench.cases import KINDS
 
 PACKAGES = ("grpcio", "protobuf", "SQLAlchemy", "asyncpg", "PyJWT")
 SCALE_TARGET = 1.3
+# Service / fused floor throughput wanted at concurrency 16 (plaintext and TLS alike).
+READ_TARGET, WRITE_TARGET = 0.85, 0.8
+READS = ("GetSession", "ListSessions", "ListMessages")
 
 
 async def postgres_version(dsn: str) -> str:
@@ -77,7 +80,8 @@ def markdown(report: dict[str, Any]) -> str:
         "process. Server CPU = utime+stime of the server processes over the window / calls; PG CPU = "
         "the same for the postmaster and its backends (embedded database only).",
         "- **Floors**: *fused* = bare grpc.aio handler, same JWT check and SQL on asyncpg; *db* = that SQL "
-        "on asyncpg from one process, no gRPC; *rpc* = empty grpc.aio echo of the same message sizes.",
+        "on asyncpg from one process, no gRPC; *rpc* = empty grpc.aio echo of the same message sizes. "
+        "All plaintext except in the TLS section.",
         "",
         "## Throughput and latency (service; floors' throughput beside)",
         "",
@@ -127,7 +131,7 @@ def markdown(report: dict[str, Any]) -> str:
     out += _table([*head, "rpc ops/s", "errors"], rows)
     out += ["## CPU per call (µs)", ""]
     out += _table(["scenario", "conc", *KINDS, "PG (service)", "PG (fused)"], cpu_rows)
-    out += _scale(report["scale"]) + _workers(report["workers"])
+    out += _tls(report["tls"]) + _scale(report["scale"]) + _workers(report["workers"])
     out += ["## Peak RSS (VmHWM)", ""]
     out += _table(["process", "MiB"], [[name, _f(mib)] for name, mib in report["peak_rss_mib"].items()])
     return "\n".join(out)
@@ -135,6 +139,52 @@ def markdown(report: dict[str, Any]) -> str:
 
 def _load(values: list[float]) -> str:
     return "/".join(f"{v:.1f}" for v in values)
+
+
+def _tls(tls: dict[str, Any]) -> list[str]:
+    mode = "mutual TLS" if tls["mutual"] else "TLS (server certificate only)"
+    out = [
+        "## TLS: the hot RPCs over " + mode,
+        "",
+        f"Concurrency {tls['concurrency']}, one worker per service. The services serve {mode} "
+        "(TLS_CERT_FILE, TLS_KEY_FILE, TLS_CLIENT_CA_FILE; ECDSA P-256 certificates from a private CA); "
+        "the reputation service dials the session service over it too. The load processes dial TLS "
+        "and present a client certificate. *fused TLS* is the fused floor's process serving the same "
+        "handlers on a TLS port; *fused plaintext* is that same process on its plaintext port, measured "
+        "in the same repetitions: their ratio is the cost of TLS itself. *rpc TLS* is the echo floor "
+        f"over TLS. Targets: service ÷ fused TLS ≥ {READ_TARGET} for reads, ≥ {WRITE_TARGET} for writes. "
+        f"This section took {tls['seconds']:.0f} s of the wall time.",
+        "",
+    ]
+    rows, cpu_rows = [], []
+    for scenario, case in tls["scenarios"].items():
+        kinds = case["kinds"]
+        svc, fused, plain = kinds["service"], kinds["fused"], kinds["fused_plaintext"]
+        target = READ_TARGET if scenario in READS else WRITE_TARGET
+        latency = svc["p50_ms"] / fused["p50_ms"] if fused["p50_ms"] else 0.0
+        figures = [svc["ops_per_s"], svc["p50_ms"], svc["p95_ms"], svc["p99_ms"]]
+        floors = [fused["ops_per_s"], plain["ops_per_s"]]
+        rows.append(
+            [
+                scenario,
+                *map(_f, figures),
+                f"**{case['ratio']:.2f}**",
+                f"{latency:.2f}",
+                f"{target:.2f}: {'yes' if case['ratio'] >= target else 'NO'}",
+                *map(_f, floors),
+                f"**{case['floor_tls_over_plaintext']:.2f}**",
+                _f(kinds["rpc"]["ops_per_s"]),
+                str(sum(kind["errors"] for kind in kinds.values())),
+            ]
+        )
+        cpu = [kinds[name]["cpu_us_per_call"] for name in ("service", "fused", "fused_plaintext", "rpc")]
+        cpu_rows.append([scenario, *map(_f, cpu), f"{case['floor_tls_cpu_us_per_call']:+.0f}"])
+    head = ["scenario", "ops/s", "p50 ms", "p95 ms", "p99 ms", "÷ fused TLS", "p50 ÷ fused TLS p50"]
+    head += ["target: met", "fused TLS ops/s", "fused plaintext ops/s", "fused TLS ÷ plaintext"]
+    out += _table([*head, "rpc TLS ops/s", "errors"], rows)
+    out += ["CPU per call (µs) with TLS: the server processes, as in the table above.", ""]
+    cpu_head = ["scenario", "service TLS", "fused TLS", "fused plaintext", "rpc TLS", "TLS on the floor"]
+    return out + _table(cpu_head, cpu_rows)
 
 
 def _scale(scale: dict[str, Any]) -> list[str]:

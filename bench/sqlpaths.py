@@ -15,10 +15,15 @@ from common.fields import PageTokens
 from reputation_service import store as reputation_store
 from session_service import domain
 from session_service import store as session_store
+from session_service.api import MESSAGES_CURSOR
 
 
 class NotFound(Exception):
     """The row the call needs is missing or not the caller's (the RPC would answer NOT_FOUND)."""
+
+
+class Invalid(Exception):
+    """The request is not one the service would take (the RPC would answer INVALID_ARGUMENT)."""
 
 
 GET = session_store._GET
@@ -105,7 +110,9 @@ async def list_messages(db: Pools, caller: str, request: Any) -> list[asyncpg.Re
     """Visibility and the page in the one statement the service runs."""
     session_id = request.session_id
     scope = f"messages:{caller}:{session_id}"
-    cursor = db.tokens.decode(scope, request.page_token) if request.page_token else None
+    cursor = db.tokens.decode(scope, request.page_token, MESSAGES_CURSOR) if request.page_token else None
+    if request.page_token and cursor is None:
+        raise Invalid("page_token")
     after = cursor[0] if cursor else 0
     rows = await _rows(
         db.sessions, MESSAGES, session_id=session_id, caller=caller, after=after, limit=PAGE + 1
@@ -159,11 +166,12 @@ PATHS: dict[str, Callable[[Pools, str, Any], Awaitable[Any]]] = {
 }
 
 
-async def open_pools(session_url: str, reputation_url: str, size: int, page_key: bytes) -> Pools:
-    """A pool of `size` connections per service, as each service process holds one."""
+async def open_pools(session_url: str, reputation_url: str, size: int, page_secret: bytes) -> Pools:
+    """A pool of `size` connections per service, as each service process holds one; page tokens
+    signed with the services' PAGE_TOKEN_SECRET."""
     sessions = await asyncpg.create_pool(session_url, min_size=size, max_size=size)
     reputation = await asyncpg.create_pool(reputation_url, min_size=size, max_size=size)
-    return Pools(sessions=sessions, reputation=reputation, tokens=PageTokens(page_key))
+    return Pools(sessions=sessions, reputation=reputation, tokens=PageTokens(page_secret))
 
 
 async def close_pools(pools: Pools) -> None:

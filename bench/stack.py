@@ -1,9 +1,16 @@
 """The system under test as real processes: PostgreSQL (embedded in a temp folder unless the
 environment names databases), both services as `python -m <package>` after `migrate`, and the
-floor servers; with /proc readings of their CPU time and peak memory."""
+floor servers; with /proc readings of their CPU time and peak memory.
+
+Its key material is made fresh in the temp folder, as `make run` makes the development set: an
+HS256 user-token key, the reputation service's Ed25519 service-token key and the JWK Set that
+trusts it, the page-token secret, and a private CA with a server and a client certificate for the
+TLS runs (mutual TLS: the services and the fused and echo floors require the client certificate).
+Nothing of the trust configuration is inherited from the environment the bench runs in."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import subprocess
@@ -12,15 +19,23 @@ import time
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.procs import children, cpu_seconds, die_with_parent, free_port, peak_rss_mib, terminate
-from common.config import JwtSettings, positive_int
+from common.auth.signing import public_jwk
+from common.config import JwtSettings, TlsSettings, positive_int
 from common.db import start_embedded, stop_embedded
+from common.devcerts import write_dev_certificates, write_private
+from common.tls import sync_channel
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"session": "session_service", "reputation": "reputation_service"}
 READY_SECONDS = 60
+SERVICE_KEY_ID = "bench-reputation"
+# Trust settings the bench makes itself: none may leak in from the environment it runs in.
+_OWN_PREFIXES = ("JWT_", "TLS_", "SERVICE_SIGNING_KEY", "SERVICE_TOKEN_", "PAGE_TOKEN_")
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -33,14 +48,47 @@ class Stack:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.jwt = JwtSettings("HS256", secrets.token_urlsafe(48), "interview-dev", "interview")
+        self.page_secret = secrets.token_urlsafe(48).encode()
+        self._keys = self._service_keys(workdir / "keys")
+        certificates = write_dev_certificates(workdir / "tls", ["localhost", "127.0.0.1"])
+        # How the servers listen with TLS (mutual: TLS_CLIENT_CA_FILE set), as `make run --tls` does.
+        self.server_tls = {
+            "TLS_CERT_FILE": str(certificates.server_cert),
+            "TLS_KEY_FILE": str(certificates.server_key),
+            "TLS_CLIENT_CA_FILE": str(certificates.ca),
+            "TLS_CA_FILE": str(certificates.ca),  # the reputation service dials the session one with it
+        }
+        # How the load processes and the health checks dial a TLS server.
+        self.client_tls = TlsSettings(
+            cert_file=str(certificates.client_cert),
+            key_file=str(certificates.client_key),
+            ca_file=str(certificates.ca),
+        )
+        self.tls = False  # whether the services now running serve TLS
         self.ports = {name: free_port() for name in PACKAGES}
         self.pool_size = positive_int(os.environ, "SESSION_DB_POOL_SIZE", 10)
         self.embedded = False
         self.dsns = ("", "")
         self.services: dict[str, subprocess.Popen[bytes]] = {}
-        self.floors: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
+        self.floors: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}  # process, port, TLS port
         self.peaks: dict[str, float] = {}  # "<process> (<workers>)" -> VmHWM MiB
         self.workers = 1
+
+    @staticmethod
+    def _service_keys(directory: Path) -> dict[str, str]:
+        """The reputation service's service-token key (0600) and the JWK Set the receivers trust."""
+        key = ed25519.Ed25519PrivateKey.generate()
+        pem = key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+        write_private(directory / "reputation.pem", pem)
+        jwks = directory / "service-jwks.json"
+        write_private(jwks, json.dumps({"keys": [public_jwk(key, SERVICE_KEY_ID)]}).encode())
+        return {
+            "SERVICE_TOKEN_JWKS_FILE": str(jwks),
+            "SERVICE_SIGNING_KEY_FILE": str(directory / "reputation.pem"),
+            "SERVICE_SIGNING_KEY_ID": SERVICE_KEY_ID,
+        }
 
     def start_database(self) -> None:
         session = os.environ.get("SESSION_DATABASE_URL", "")
@@ -51,14 +99,17 @@ class Stack:
             session, reputation = session or url, reputation or url
         self.dsns = (_asyncpg_dsn(session), _asyncpg_dsn(reputation))
 
-    def env(self, workers: int = 1) -> dict[str, str]:
-        env = {key: value for key, value in os.environ.items() if key != "SERVICE_SIGNING_KEY"}
+    def env(self, workers: int = 1, tls: bool = False) -> dict[str, str]:
+        """The services' environment (the floors' too): with `tls`, they serve mutual TLS."""
+        env = {key: value for key, value in os.environ.items() if not key.startswith(_OWN_PREFIXES)}
         session_listen = f"127.0.0.1:{self.ports['session']}"
         env.update(
             JWT_ALGORITHM=self.jwt.algorithm,
             JWT_KEY=self.jwt.key,
             JWT_ISSUER=self.jwt.issuer,
             JWT_AUDIENCE=self.jwt.audience,
+            PAGE_TOKEN_SECRET=self.page_secret.decode(),
+            **self._keys,
             SESSION_LISTEN=session_listen,
             REPUTATION_LISTEN=f"127.0.0.1:{self.ports['reputation']}",
             SESSION_SERVICE_TARGET=session_listen,
@@ -72,6 +123,8 @@ class Stack:
             BENCH_SESSION_DSN=self.dsns[0],
             BENCH_REPUTATION_DSN=self.dsns[1],
         )
+        if tls:
+            env.update(self.server_tls)
         return env
 
     def migrate(self) -> None:
@@ -101,18 +154,20 @@ class Stack:
             if log.stat().st_size > limit:
                 os.truncate(log, 0)
 
-    def start_services(self, workers: int = 1) -> None:
+    def start_services(self, workers: int = 1, tls: bool = False) -> None:
         self.workers = workers
+        self.tls = tls
         for name, package in PACKAGES.items():
             log = self.workdir / f"{package}.log"
             log.write_bytes(b"")
-            process = self._spawn(["-m", package], log, self.env(workers), subprocess.DEVNULL)
+            process = self._spawn(["-m", package], log, self.env(workers, tls), subprocess.DEVNULL)
             self.services[name] = process
             self._wait_serving(name, process, log, workers)
 
     def _wait_serving(self, name: str, process: subprocess.Popen[bytes], log: Path, workers: int) -> None:
         deadline = time.monotonic() + READY_SECONDS
-        with grpc.insecure_channel(f"127.0.0.1:{self.ports[name]}") as channel:
+        client = self.client_tls if self.tls else None
+        with sync_channel(f"127.0.0.1:{self.ports[name]}", client, []) as channel:
             health = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline and process.poll() is None:
                 listening = log.read_text(errors="replace").count('"event": "listening"')
@@ -153,25 +208,25 @@ class Stack:
 
     def stop_services(self) -> None:
         for name, process in self.services.items():
-            self._record_peaks(
-                f"{PACKAGES[name]} ({self.workers} worker{'s' * (self.workers > 1)})", self.service_pids(name)
-            )
+            workers = f"{self.workers} worker{'s' * (self.workers > 1)}"
+            self._record_peaks(f"{PACKAGES[name]} ({workers}{', TLS' * self.tls})", self.service_pids(name))
             terminate(process)
         self.services = {}
 
-    def start_floor(self, kind: str) -> int:
-        port = free_port()
+    def start_floor(self, kind: str) -> None:
+        """A floor server listening twice: plaintext, and mutual TLS (same process, same pools)."""
+        port, tls_port = free_port(), free_port()
         log = self.workdir / f"{kind}.log"
-        process = self._spawn(["-m", "bench.floors", kind, str(port)], log, self.env(), subprocess.PIPE)
+        args = ["-m", "bench.floors", kind, str(port), str(tls_port)]
+        process = self._spawn(args, log, self.env(tls=True), subprocess.PIPE)
         assert process.stdout is not None
         if process.stdout.readline().strip() != b"ready":
             raise RuntimeError(f"the {kind} floor did not start: {log.read_text()[-2000:]}")
-        self.floors[kind] = (process, port)
-        return port
+        self.floors[kind] = (process, port, tls_port)
 
     def close(self) -> None:
         self.stop_services()
-        for kind, (process, _) in self.floors.items():
+        for kind, (process, *_) in self.floors.items():
             self._record_peaks(f"{kind} floor", [process.pid])
             terminate(process)
         self.floors = {}

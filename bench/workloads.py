@@ -121,10 +121,10 @@ class Data:
 class Requests:
     """Builds the call number `k` of a scenario: (calling user id, request message)."""
 
-    def __init__(self, scenario: str, data: Data, page_key: bytes, seed: int) -> None:
+    def __init__(self, scenario: str, data: Data, page_secret: bytes, seed: int) -> None:
         self._build = getattr(self, "_" + scenario)
         self._data = data
-        self._tokens = PageTokens(page_key)
+        self._tokens = PageTokens(page_secret)
         self._random = random.Random(seed)
         self._users = users_of(data.set_size)
 

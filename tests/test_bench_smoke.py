@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bench.cases import KINDS
+from bench.cases import KINDS, TLS_KINDS
 from bench.workloads import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +16,7 @@ FIGURES = ("ops_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_us_per_call")
 
 
 def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_report(tmp_path):
+    # About a minute: the plaintext scenarios, scale, workers, then the TLS rows.
     # Its own embedded PostgreSQL, whatever databases this environment points at.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
     done = subprocess.run(
@@ -47,6 +48,22 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
     for scenario, case in report["workers"].items():
         assert case["1"]["ops_per_s"] > 0 and case["2"]["ops_per_s"] > 0, scenario
         assert case["1"]["errors"] == case["2"]["errors"] == 0, scenario
+    # The hot RPCs over mutual TLS: the services, the fused and echo floors on TLS, the fused floor's
+    # plaintext twin beside them; a TLS run that failed its handshake would show as errors or no calls.
+    tls = report["tls"]
+    assert tls["mutual"] is True
+    assert set(tls["scenarios"]) == {"GetSession", "CreateSession", "AppendMessage", "ConfirmCompletion"}
+    for scenario, case in tls["scenarios"].items():
+        assert set(case["kinds"]) == set(TLS_KINDS), scenario
+        for kind, figures in case["kinds"].items():
+            where = ("tls", scenario, kind)
+            assert figures["errors"] == 0, (where, figures.get("error"))
+            assert not figures["exhausted"], where
+            assert all(figures[name] > 0 for name in FIGURES), (where, figures)
+        assert case["ratio"] > 0 and case["floor_tls_over_plaintext"] > 0, scenario
+    markdown = (tmp_path / "latest.md").read_text()
+    assert "## TLS: the hot RPCs over mutual TLS" in markdown
+    assert any("(1 worker, TLS)" in name for name in report["peak_rss_mib"])
     two_workers = [name for name in report["peak_rss_mib"] if "(2 workers)" in name]
     assert len(two_workers) == 4, report["peak_rss_mib"]  # two processes for each service
     assert all(mib > 0 for mib in report["peak_rss_mib"].values())
