@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report, seed
-from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median
+from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median, percentile
 from bench.loadgen import LoadPool
 from bench.stack import Stack
 from bench.workloads import SCENARIOS
@@ -40,8 +40,13 @@ class Settings:
     workers_concurrency: int
     tls_scenarios: tuple[str, ...]  # measured with the services, fused and echo floors on mutual TLS
     tls_concurrency: int
+    # The session service restarted with MAX_CONCURRENT_RPCS = overload_limit, these measured at
+    # concurrency overload_limit ("at the limit") and OVERLOAD_FACTOR times it ("overload").
+    overload_scenarios: tuple[str, ...]
+    overload_limit: int
 
 
+OVERLOAD_FACTOR = 4
 FULL = Settings(
     smoke=False,
     concurrency=(1, 16, 64),
@@ -57,9 +62,12 @@ FULL = Settings(
     workers_concurrency=64,
     tls_scenarios=("GetSession", "CreateSession", "AppendMessage", "ConfirmCompletion"),
     tls_concurrency=16,
+    overload_scenarios=("GetSession", "CreateSession"),
+    overload_limit=16,
 )
 SMOKE = replace(FULL, smoke=True, concurrency=(4,), repeat=1, warmup=0.1, window=0.3, lead=0.2, clients=2)
 SMOKE = replace(SMOKE, small=500, large=5_000, conversation=300, workers_concurrency=4, tls_concurrency=4)
+SMOKE = replace(SMOKE, overload_limit=4)
 
 
 def _say(line: str) -> None:
@@ -136,6 +144,72 @@ def _tls(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
     }
 
 
+def _server_side(durations: dict[str, list[float]]) -> dict[str, float]:
+    """The session service's own timing of a run's calls (its call log, warm-up included): how long
+    the accepted and the refused calls spent inside its interceptor. The client's latency less
+    this is the wait before the call reached the interceptor (and the client's own share)."""
+    figures = {}
+    for prefix, code in (("server", "OK"), ("server_refused", "RESOURCE_EXHAUSTED")):
+        ordered = sorted(durations.get(code, []))
+        if ordered:
+            figures[f"{prefix}_p50_ms"] = percentile(ordered, 0.50)
+            figures[f"{prefix}_p99_ms"] = percentile(ordered, 0.99)
+    return figures
+
+
+def _overload(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
+    """The session service (one worker, plaintext) restarted with MAX_CONCURRENT_RPCS = M; each
+    scenario at concurrency M and at OVERLOAD_FACTOR x M, alternating within each repetition.
+    Refused callers send their next call at once (closed loop, no backoff: the worst case). Each
+    run starts the service's VmHWM afresh, so its peak RSS is the peak during that run."""
+    began = time.monotonic()
+    limit = settings.overload_limit
+    levels = {"limit": limit, "overload": OVERLOAD_FACTOR * limit}
+    stack.stop_services()
+    stack.start_services(1, limit=limit)
+    rss_start = stack.session_rss_mib("VmRSS")
+    peak_reset = True
+    results: dict[str, Any] = {}
+    for scenario in settings.overload_scenarios:
+        runs: dict[str, list[dict[str, Any]]] = {level: [] for level in levels}
+        for _ in range(settings.repeat):
+            for level, concurrency in levels.items():
+                logged = stack.session_log_size()
+                peak_reset &= stack.reset_session_peak_rss()
+                run = runner.once(scenario, "service", concurrency)
+                run["rss_peak_mib"] = stack.session_rss_mib()
+                run.setdefault("refused_per_s", 0.0)
+                run.setdefault("refusal_rate", 0.0)
+                run.update(_server_side(stack.session_calls(logged, SCENARIOS[scenario].method)))
+                runs[level].append(run)
+        at, over = (median(runs[level]) for level in levels)
+        case: dict[str, Any] = {"limit": at, "overload": over}
+        # overload / at the limit
+        for name, figure in {
+            "ops": "ops_per_s",
+            "p50": "p50_ms",
+            "p99": "p99_ms",
+            "rss": "rss_peak_mib",
+        }.items():
+            case[f"{name}_ratio"] = over[figure] / at[figure] if at[figure] else 0.0
+        results[scenario] = case
+        _say(
+            f"{scenario:18} c={levels['overload']:<3} limit {limit}: {over['ops_per_s']:7,.0f} ops/s "
+            f"p99 {over['p99_ms']:.1f} ms ({case['p99_ratio']:.2f} x c={limit}), "
+            f"{over['refused_per_s']:,.0f} refused/s, p99 {over.get('refused_p99_ms', 0.0):.2f} ms "
+            f"(server {over.get('server_refused_p99_ms', 0.0):.2f} ms), "
+            f"RSS {over['rss_peak_mib']:.0f} MiB ({case['rss_ratio']:.2f} x)"
+        )
+    return {
+        "max_concurrent_rpcs": limit,
+        "concurrency": levels,
+        "rss_start_mib": rss_start,
+        "rss_peak_per_run": peak_reset,  # False: VmHWM could not be reset, peaks since the restart
+        "scenarios": results,
+        "seconds": time.monotonic() - began,  # the restart included
+    }
+
+
 def _scale(runner: Runner, stack: Stack, settings: Settings, small: dict[str, Any]) -> dict[str, Any]:
     """Seeds the large set next to the small one and measures the same reads on it."""
     _say(f"seeding {settings.large:,} sessions")
@@ -184,6 +258,7 @@ def run(settings: Settings, out: Path) -> Path:
         result["scale"]["seed_seconds"]["small"] = small_seconds
         result["workers"] = _workers(runner, stack, settings)
         result["tls"] = _tls(runner, stack, settings)
+        result["overload"] = _overload(runner, stack, settings)  # last: no later section needs 512
         cleanup.close()
         result["peak_rss_mib"] = stack.peaks
     result["machine"]["load_average_at_end"] = os.getloadavg()

@@ -1,5 +1,6 @@
 """One load process: `slots` closed-loop callers (grpc.aio, or asyncpg for the db floor), each
-sending its next call as soon as the previous one answers, on the timetable the Job carries
+sending its next call as soon as the previous one answers (or refuses it for overload: refusals
+are counted and timed apart from the calls and the errors), on the timetable the Job carries
 (CLOCK_MONOTONIC, shared by all processes): start, warm-up until `measure`, count until `end`.
 gRPC goes plaintext, or mutual TLS when the Job carries client TlsSettings."""
 
@@ -13,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
+from google.rpc.error_details_pb2 import ErrorInfo
 
 from bench import sqlpaths
 from bench.workloads import SCENARIOS, Data, Requests
@@ -22,6 +25,7 @@ from common.tls import aio_channel
 
 CHANNELS_PER_PROCESS = 4  # separate connections, so SO_REUSEPORT workers all get some
 SIZE_SAMPLES = 200
+OVERLOADED = "OVERLOADED"  # the ErrorInfo reason of a call refused at MAX_CONCURRENT_RPCS
 
 
 @dataclass(frozen=True)
@@ -48,9 +52,26 @@ class Result:
     calls: int = 0  # successful calls that finished inside the window
     errors: int = 0
     latencies: array = field(default_factory=lambda: array("d"))
+    # Calls the server refused at once (RESOURCE_EXHAUSTED OVERLOADED: at its MAX_CONCURRENT_RPCS)
+    # inside the window, and how long each refusal took: not errors; the caller sends its next call.
+    refused: int = 0
+    refused_latencies: array = field(default_factory=lambda: array("d"))
     exhausted: bool = False  # ran out of pre-created rows before the window ended
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (request, reply) bytes, sampled
     error: str = ""
+
+
+def overloaded(error: Exception) -> bool:
+    """Whether a call failed as refused for overload: RESOURCE_EXHAUSTED with ErrorInfo OVERLOADED."""
+    if not isinstance(error, grpc.aio.AioRpcError) or error.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return False
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = ErrorInfo()
+                if detail.Unpack(info) and info.reason == OVERLOADED:
+                    return True
+    return False
 
 
 def serve_jobs(conn: Any) -> None:
@@ -121,7 +142,12 @@ async def _run(job: Job) -> Result:
             try:
                 reply = await send(number, caller, request)
             except Exception as error:
-                if measure <= time.monotonic() < end:
+                done = time.monotonic()
+                if overloaded(error):  # closed loop: sent again at once, the worst case for the server
+                    if measure <= done < end:
+                        result.refused_latencies.append(done - began)
+                    continue
+                if measure <= done < end:
                     result.errors += 1
                     result.error = result.error or f"{type(error).__name__}: {error}"[:300]
                 continue
@@ -140,4 +166,5 @@ async def _run(job: Job) -> Result:
         if pools is not None:
             await sqlpaths.close_pools(pools)
     result.calls = len(result.latencies)
+    result.refused = len(result.refused_latencies)
     return result

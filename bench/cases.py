@@ -57,7 +57,14 @@ def summarize(result: Result, cpu: dict[str, float], window: float) -> dict[str,
         "calls": result.calls,
         "errors": result.errors,
         "exhausted": result.exhausted,
+        "refused": result.refused,  # RESOURCE_EXHAUSTED OVERLOADED: not in the calls, nor the errors
     }
+    if result.refused:
+        refusals = sorted(result.refused_latencies)
+        summary["refused_per_s"] = result.refused / window
+        summary["refusal_rate"] = result.refused / (result.refused + result.calls)
+        summary["refused_p50_ms"] = percentile(refusals, 0.50) * 1000
+        summary["refused_p99_ms"] = percentile(refusals, 0.99) * 1000
     if result.error:
         summary["error"] = result.error
     if result.sizes:
@@ -67,17 +74,18 @@ def summarize(result: Result, cpu: dict[str, float], window: float) -> dict[str,
 
 
 def median(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each figure's median over the runs (errors summed), with the runs themselves kept."""
+    """Each figure's median over the runs that have it (errors summed), with the runs themselves kept."""
     merged: dict[str, Any] = {}
-    for key, value in runs[0].items():
-        if isinstance(value, bool):
-            merged[key] = any(run[key] for run in runs)
+    for key in dict.fromkeys(key for run in runs for key in run):
+        values = [run[key] for run in runs if key in run]
+        if isinstance(values[0], bool):
+            merged[key] = any(values)
         elif key == "errors":
-            merged[key] = sum(run[key] for run in runs)
-        elif isinstance(value, int | float):
-            merged[key] = statistics.median(run.get(key, 0) for run in runs)
+            merged[key] = sum(values)
+        elif isinstance(values[0], int | float):
+            merged[key] = statistics.median(values)
         else:
-            merged[key] = next((run[key] for run in runs if run.get(key)), value)
+            merged[key] = next((value for value in values if value), values[0])
     merged["runs"] = runs
     return merged
 

@@ -67,6 +67,8 @@ class LoadPool:
             merged.calls += part.calls
             merged.errors += part.errors
             merged.latencies.extend(part.latencies)
+            merged.refused += part.refused
+            merged.refused_latencies.extend(part.refused_latencies)
             merged.exhausted |= part.exhausted
             merged.sizes.extend(part.sizes)
             merged.error = merged.error or part.error

@@ -1,4 +1,4 @@
-"""Processes: their CPU time (utime + stime), children and peak memory from /proc; free ports;
+"""Processes: their CPU time (utime + stime), children and (peak) memory from /proc; free ports;
 stopping the servers the bench starts."""
 
 from __future__ import annotations
@@ -44,11 +44,22 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def peak_rss_mib(pid: int) -> float:
+def peak_rss_mib(pid: int, field: str = "VmHWM") -> float:
+    """The peak resident set (VmHWM), or with `field="VmRSS"` the current one, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def reset_peak_rss(pid: int) -> bool:
+    """Lowers the process's VmHWM to its current RSS (Linux 4.0+, `5` to /proc/<pid>/clear_refs),
+    so the next reading is the peak since now; False where that is not allowed."""
+    try:
+        Path(f"/proc/{pid}/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
 
 
 def free_port() -> int:

@@ -19,6 +19,9 @@ SCALE_TARGET = 1.3
 # Service / fused floor throughput wanted at concurrency 16 (plaintext and TLS alike).
 READ_TARGET, WRITE_TARGET = 0.85, 0.8
 READS = ("GetSession", "ListSessions", "ListMessages")
+# Overload (concurrency 4 x MAX_CONCURRENT_RPCS against at the limit): accepted p99 ratio, refusal
+# latency as the caller sees it, peak RSS ratio.
+OVERLOAD_P99_TARGET, REFUSAL_TARGET_MS, OVERLOAD_RSS_TARGET = 2.0, 10.0, 1.5
 
 
 async def postgres_version(dsn: str) -> str:
@@ -131,7 +134,10 @@ def markdown(report: dict[str, Any]) -> str:
     out += _table([*head, "rpc ops/s", "errors"], rows)
     out += ["## CPU per call (µs)", ""]
     out += _table(["scenario", "conc", *KINDS, "PG (service)", "PG (fused)"], cpu_rows)
-    out += _tls(report["tls"]) + _scale(report["scale"]) + _workers(report["workers"])
+    out += _tls(report["tls"])
+    if "overload" in report:
+        out += _overload(report["overload"])
+    out += _scale(report["scale"]) + _workers(report["workers"])
     out += ["## Peak RSS (VmHWM)", ""]
     out += _table(["process", "MiB"], [[name, _f(mib)] for name, mib in report["peak_rss_mib"].items()])
     return "\n".join(out)
@@ -185,6 +191,79 @@ def _tls(tls: dict[str, Any]) -> list[str]:
     out += ["CPU per call (µs) with TLS: the server processes, as in the table above.", ""]
     cpu_head = ["scenario", "service TLS", "fused TLS", "fused plaintext", "rpc TLS", "TLS on the floor"]
     return out + _table(cpu_head, cpu_rows)
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "NO"
+
+
+def _overload(overload: dict[str, Any]) -> list[str]:
+    limit = overload["max_concurrent_rpcs"]
+    at, over = overload["concurrency"]["limit"], overload["concurrency"]["overload"]
+    rss = "during that run" if overload["rss_peak_per_run"] else "since the restart (VmHWM not resettable)"
+    out = [
+        f"## Overload: MAX_CONCURRENT_RPCS = {limit}, concurrency {at} vs {over}",
+        "",
+        f"The session service restarted (one worker, plaintext) with MAX_CONCURRENT_RPCS={limit}; each "
+        f"scenario at concurrency {at} (*at the limit*) and {over} (*overload*), alternating within each "
+        "repetition. Closed loop with no backoff: a refused caller (RESOURCE_EXHAUSTED OVERLOADED) sends "
+        "its next call at once, the worst case for the server. Refusals are counted and timed apart from "
+        "the accepted calls, and are not errors. Latencies are the caller's; *in server* is the "
+        "service's own duration_ms from its call log (time inside its interceptor, warm-up included): "
+        "the difference is time spent before the call reached the interceptor. RSS is the session "
+        f"service's peak {rss}; it was {overload['rss_start_mib']:.0f} MiB after the restart. "
+        f"Targets: accepted p99 at {over} ≤ {OVERLOAD_P99_TARGET} x p99 at {at}; refusal p99 ≤ "
+        f"{REFUSAL_TARGET_MS:.0f} ms; peak RSS at {over} ≤ {OVERLOAD_RSS_TARGET} x at {at}. "
+        f"This section took {overload['seconds']:.0f} s of the wall time.",
+        "",
+    ]
+    rows, refusal_rows = [], []
+    for scenario, case in overload["scenarios"].items():
+        a, b = case["limit"], case["overload"]
+        figures = [a["ops_per_s"], b["ops_per_s"], a["p50_ms"], b["p50_ms"], a["p99_ms"], b["p99_ms"]]
+        inside = f"{_f(b.get('server_p50_ms', 0.0))} / {_f(b.get('server_p99_ms', 0.0))}"
+        rows.append(
+            [
+                scenario,
+                *map(_f, figures),
+                f"**{case['p99_ratio']:.2f}**",
+                _met(case["p99_ratio"] <= OVERLOAD_P99_TARGET),
+                inside,
+                str(a["errors"] + b["errors"]),
+            ]
+        )
+        refused = b.get("refused_p99_ms")  # over the runs that had refusals
+        refusal_rows.append(
+            [
+                scenario,
+                f"{sum(run['refused'] for run in a['runs']):,}",
+                f"{sum(run['refused'] for run in b['runs']):,}",
+                _f(b["refused_per_s"]),
+                f"{b['refusal_rate']:.0%}",
+                _f(b.get("refused_p50_ms", 0.0)),
+                f"**{_f(refused)}**" if refused is not None else "-",
+                _f(b.get("server_refused_p99_ms", 0.0)),
+                _met(refused <= REFUSAL_TARGET_MS) if refused is not None else "no refusals",
+                _f(a["rss_peak_mib"]),
+                _f(b["rss_peak_mib"]),
+                f"**{case['rss_ratio']:.2f}**",
+                _met(case["rss_ratio"] <= OVERLOAD_RSS_TARGET),
+            ]
+        )
+    head = ["scenario", f"ops/s at {at}", f"ops/s at {over}", f"p50 ms at {at}", f"p50 ms at {over}"]
+    head += [f"p99 ms at {at}", f"p99 ms at {over}", "p99 ratio", f"≤ {OVERLOAD_P99_TARGET}: met"]
+    out += ["Accepted calls:", ""]
+    out += _table([*head, f"in server p50 / p99 ms at {over}", "errors"], rows)
+    head = ["scenario", f"refused at {at}", f"refused at {over}", f"refused/s at {over}", "refused share"]
+    head += ["refusal p50 ms"]
+    head += ["refusal p99 ms", "in server refusal p99 ms", f"≤ {REFUSAL_TARGET_MS:.0f} ms: met"]
+    head += [f"RSS MiB at {at}", f"RSS MiB at {over}", "RSS ratio", f"≤ {OVERLOAD_RSS_TARGET}: met"]
+    out += [
+        f"Refusals at concurrency {over} (counts: all runs; rates and latencies: medians, the latencies "
+        "over the runs that had refusals) and memory:",
+        "",
+    ]
+    return out + _table(head, refusal_rows)
 
 
 def _scale(scale: dict[str, Any]) -> list[str]:

@@ -10,6 +10,7 @@ Nothing of the trust configuration is inherited from the environment the bench r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -23,7 +24,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.procs import children, cpu_seconds, die_with_parent, free_port, peak_rss_mib, terminate
+from bench.procs import (
+    children,
+    cpu_seconds,
+    die_with_parent,
+    free_port,
+    peak_rss_mib,
+    reset_peak_rss,
+    terminate,
+)
 from common.auth.signing import public_jwk
 from common.config import JwtSettings, TlsSettings, positive_int
 from common.db import start_embedded, stop_embedded
@@ -73,6 +82,7 @@ class Stack:
         self.floors: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}  # process, port, TLS port
         self.peaks: dict[str, float] = {}  # "<process> (<workers>)" -> VmHWM MiB
         self.workers = 1
+        self.limit = 0  # MAX_CONCURRENT_RPCS the bench set for the session service now running (0: none)
 
     @staticmethod
     def _service_keys(directory: Path) -> dict[str, str]:
@@ -154,13 +164,19 @@ class Stack:
             if log.stat().st_size > limit:
                 os.truncate(log, 0)
 
-    def start_services(self, workers: int = 1, tls: bool = False) -> None:
+    def start_services(self, workers: int = 1, tls: bool = False, limit: int = 0) -> None:
+        """Both services; with `limit`, the session service runs with MAX_CONCURRENT_RPCS=`limit`
+        (otherwise whatever the environment says, by default the services' own 512)."""
         self.workers = workers
         self.tls = tls
+        self.limit = limit
         for name, package in PACKAGES.items():
             log = self.workdir / f"{package}.log"
             log.write_bytes(b"")
-            process = self._spawn(["-m", package], log, self.env(workers, tls), subprocess.DEVNULL)
+            env = self.env(workers, tls)
+            if limit and name == "session":
+                env["MAX_CONCURRENT_RPCS"] = str(limit)
+            process = self._spawn(["-m", package], log, env, subprocess.DEVNULL)
             self.services[name] = process
             self._wait_serving(name, process, log, workers)
 
@@ -206,10 +222,54 @@ class Stack:
             except FileNotFoundError:
                 continue
 
+    def session_rss_mib(self, field: str = "VmHWM") -> float:
+        """The session service's processes, summed: peak (VmHWM) or current (VmRSS) resident MiB."""
+        total = 0.0
+        for pid in self.service_pids("session"):
+            with contextlib.suppress(FileNotFoundError):
+                total += peak_rss_mib(pid, field)
+        return total
+
+    def session_log_size(self) -> int:
+        """Where the session service's log ends now (trimmed first if large): session_calls reads
+        the calls logged after it."""
+        self.trim_logs()
+        return (self.workdir / f"{PACKAGES['session']}.log").stat().st_size
+
+    def session_calls(self, since: int, method: str) -> dict[str, list[float]]:
+        """The session service's call log from byte `since` on: the duration_ms it logged for each
+        call of `method` (time inside its interceptor), by status code."""
+        durations: dict[str, list[float]] = {}
+        with (self.workdir / f"{PACKAGES['session']}.log").open("rb") as log:
+            log.seek(since)
+            for line in log:
+                if b'"logger": "rpc"' not in line or method.encode() not in line:
+                    continue
+                try:
+                    entry = json.loads(line)
+                except ValueError:  # a line cut by trim_logs, or still being written
+                    continue
+                if entry.get("method") == method:
+                    durations.setdefault(entry.get("code", ""), []).append(float(entry["duration_ms"]))
+        return durations
+
+    def reset_session_peak_rss(self) -> bool:
+        """Starts the session service's processes' VmHWM afresh (see procs.reset_peak_rss), the
+        peak so far kept for the peak RSS table first."""
+        pids = self.service_pids("session")
+        self._record_peaks(self._label("session"), pids)
+        return all([reset_peak_rss(pid) for pid in pids])
+
+    def _label(self, name: str) -> str:
+        workers = f"{self.workers} worker{'s' * (self.workers > 1)}"
+        extra = ", TLS" * self.tls
+        if self.limit and name == "session":
+            extra += f", MAX_CONCURRENT_RPCS={self.limit}"
+        return f"{PACKAGES[name]} ({workers}{extra})"
+
     def stop_services(self) -> None:
         for name, process in self.services.items():
-            workers = f"{self.workers} worker{'s' * (self.workers > 1)}"
-            self._record_peaks(f"{PACKAGES[name]} ({workers}{', TLS' * self.tls})", self.service_pids(name))
+            self._record_peaks(self._label(name), self.service_pids(name))
             terminate(process)
         self.services = {}
 

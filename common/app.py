@@ -29,6 +29,19 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", 1024 * 1024),
     ("grpc.max_send_message_length", 4 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 60_000),
+    # Long-lived client connections are closed (gracefully, GOAWAY) after five minutes, so callers
+    # re-resolve and spread over replicas that came up since they connected.
+    ("grpc.max_connection_age_ms", 300_000),
+    ("grpc.max_connection_age_grace_ms", 30_000),
+    # Streams one connection may have open at once; the server refuses more (UNAVAILABLE, which
+    # a channel with a retry policy sends again).
+    ("grpc.max_concurrent_streams", 100),
+    # Calls waiting in gRPC core for the Python server to take them. Past core's defaults (1000,
+    # hard 3000) a burst is cancelled there, unseen by the interceptor: neither logged nor counted.
+    # Raised so every call reaches the interceptor, which refuses the excess at once (OVERLOADED);
+    # the streams per connection bound the queue anyway.
+    ("grpc.server.max_pending_requests", 100_000),
+    ("grpc.server.max_pending_requests_hard_limit", 100_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
 ]
 HEALTH_INTERVAL_SECONDS = 1.0
@@ -120,6 +133,7 @@ def build_server(
     probe: Callable[[], Awaitable[bool]],
     metrics: Metrics,
     tls: TlsSettings,
+    max_concurrent_rpcs: int,
     reuse_port: bool = False,
 ) -> AppServer:
     """Creates (does not start) a grpc.aio server with the services, health, reflection and
@@ -131,7 +145,7 @@ def build_server(
     ]
     access = {b.name: b.access for b in bindings}
     server = grpc.aio.server(
-        interceptors=[CallInterceptor(domain, authenticator, access, metrics)],
+        interceptors=[CallInterceptor(domain, authenticator, access, metrics, max_concurrent_rpcs)],
         options=options,
     )
     for binding in bindings:

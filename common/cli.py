@@ -1,5 +1,6 @@
-"""A service's command line: `serve` (default, in one or more worker processes) or `migrate`;
-signals stop it gracefully; a bad setting prints one line naming its variable."""
+"""A service's command line: `serve` (default, in one or more worker processes), `migrate`, and
+any commands of the service's own; signals stop it gracefully; a bad setting prints one line
+naming its variable."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ from common.db import migrate
 from common.logs import configure_logging
 
 log = logging.getLogger("rpc")
+# A service's own command: its arguments and the environment in, the exit status out. It reads
+# only the settings it needs; a ConfigError it raises is printed like any other (exit 2).
+Command = Callable[[list[str], Mapping[str, str]], int]
 
 
 async def serve_until_signal(app: AppServer) -> None:
@@ -46,13 +50,18 @@ def main(
     load: Callable[[Mapping[str, str]], Any],
     create: Callable[[Any], AppServer],
     argv: list[str],
+    commands: Mapping[str, Command] | None = None,
 ) -> int:
-    """A service's command line: `serve` (default) or `migrate`; bad settings print one line."""
+    """A service's command line: `serve` (default), `migrate` or one of `commands`; bad
+    settings print one line."""
+    commands = commands or {}
     command = argv[0] if argv else "serve"
-    if command not in ("serve", "migrate"):
-        print(f"usage: python -m {package} [serve|migrate]", file=sys.stderr)
+    if command not in ("serve", "migrate", *commands):
+        print(f"usage: python -m {package} [{'|'.join(('serve', 'migrate', *commands))}]", file=sys.stderr)
         return 2
     try:
+        if command in commands:
+            return commands[command](argv[1:], os.environ)
         if command == "migrate":
             url = database_url(os.environ, database_variable)
             configure_logging()

@@ -213,6 +213,31 @@ def environ() -> Mapping[str, str]:
     return os.environ
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one process takes on: calls in progress, and how long one statement may run."""
+
+    max_concurrent_rpcs: int = 512
+    statement_timeout: float = 5.0
+    # Off behind PgBouncer in transaction mode, where a prepared statement cannot outlive its
+    # transaction's server connection.
+    statement_cache: bool = True
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def limits(env: Mapping[str, str]) -> Limits:
+    cache = env.get("DB_STATEMENT_CACHE", "on").strip().lower()
+    if cache not in ("on", "off"):
+        raise ConfigError("DB_STATEMENT_CACHE", f"must be on or off, got {cache!r}")
+    return Limits(
+        max_concurrent_rpcs=positive_int(env, "MAX_CONCURRENT_RPCS", 512),
+        statement_timeout=positive_float(env, "DB_STATEMENT_TIMEOUT_SECONDS", 5.0),
+        statement_cache=cache == "on",
+    )
+
+
 def workers(env: Mapping[str, str], name: str, listen: str) -> int:
     """How many processes serve one port (SESSION_WORKERS / REPUTATION_WORKERS)."""
     count = positive_int(env, name, 1)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import uuid
 import warnings
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -14,21 +15,28 @@ from typing import Any
 import asyncpg
 from alembic import command
 from alembic.config import Config
+from sqlalchemy import event, make_url, text
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from common.config import Limits
+from common.errors import DatabaseUnavailable
+
 log = logging.getLogger(__name__)
 
-_CONNECTION_ERRORS = (
+# What getting a connection can fail with when the database is down, restarting, refusing or
+# out of connections (or the pool stayed exhausted): nothing a retry later could not fix. Past the
+# checkout, only a failure that left the connection closed counts (see `connection`).
+_CONNECT_ERRORS = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.CannotConnectNowError,
     asyncpg.exceptions.AdminShutdownError,
-    asyncpg.exceptions.ConnectionDoesNotExistError,
+    asyncpg.exceptions.CrashShutdownError,
+    asyncpg.exceptions.TooManyConnectionsError,
     sa_exc.TimeoutError,
 )
 
@@ -69,14 +77,83 @@ class Query:
 
 @contextlib.asynccontextmanager
 async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
-    """An asyncpg connection from the engine's pool, returned to it afterwards."""
-    async with engine.connect() as conn:
-        raw = await conn.get_raw_connection()
-        yield raw.driver_connection
+    """An asyncpg connection from the engine's pool, returned to it afterwards.
+
+    A connection that broke (server restart, failover, pg_terminate_backend, network cut) is
+    discarded, never handed out again: checked at checkout (`_discard_closed`) and, when a
+    statement fails, here. The caller then gets DatabaseUnavailable: that failure, and a failure
+    to get a connection at all, is the database's, safe to retry; anything else is a bug and is
+    raised as it is. A call cancelled mid-statement (deadline, client gone) also discards its
+    connection, after asyncpg has asked the server to cancel the statement.
+    """
+    try:
+        conn = await engine.connect()
+    except Exception as error:
+        if is_connection_error(error):
+            raise DatabaseUnavailable() from error
+        raise
+    try:
+        raw = (await conn.get_raw_connection()).driver_connection
+        try:
+            yield raw
+        except asyncio.CancelledError:
+            # Shielded: a second cancel (grpc's own deadline right after ours) must not cut the
+            # graceful close short, which would drop the connection before asyncpg's cancel
+            # request reached the server, and leave the statement running (and committing).
+            await asyncio.shield(conn.invalidate())
+            raise
+        except Exception as error:
+            if not (raw.is_closed() or _connection_level(error)):
+                raise
+            await conn.invalidate()
+            log.warning({"event": "database_connection_lost", "error": repr(error)[:200]})
+            raise DatabaseUnavailable() from error
+    finally:
+        await conn.close()
 
 
-def create_engine(url: str, pool_size: int, application_name: str) -> AsyncEngine:
-    return create_async_engine(
+# SQLSTATEs of the connection, not the statement: class 08 (connection exception: what PgBouncer
+# answers when it lost or cannot reach the server), the server shutting down or starting up, and
+# too many connections. The connection may still be open (to PgBouncer) but is not to be trusted.
+_CONNECTION_SQLSTATES = ("08", "57P01", "57P02", "57P03", "53300")
+
+
+def _connection_level(error: BaseException) -> bool:
+    sqlstate = getattr(error, "sqlstate", None)
+    return isinstance(sqlstate, str) and sqlstate.startswith(_CONNECTION_SQLSTATES)
+
+
+def _discard_closed(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+    """Pool checkout hook: a connection the server closed while it sat in the pool is replaced
+    (SQLAlchemy retries the checkout with a new one) instead of failing the next call. The check
+    is local (asyncpg saw the socket close), so it costs no round trip."""
+    if dbapi_connection.driver_connection.is_closed():
+        raise sa_exc.DisconnectionError("connection closed by the server")
+
+
+def create_engine(url: str, pool_size: int, application_name: str, limits: Limits) -> AsyncEngine:
+    """The service's engine. `limits.statement_timeout` caps every statement (asyncpg cancels it
+    on the server when it runs longer); a call's own deadline bounds its work further (the
+    interceptor).
+
+    Without the statement cache (behind PgBouncer in transaction mode, where consecutive
+    statements may run on different server connections) asyncpg runs every statement unnamed, and
+    the few SQLAlchemy prepares itself (at connect) get names no other connection uses.
+    """
+    connect_args: dict[str, Any] = {
+        "timeout": 5,
+        "command_timeout": limits.statement_timeout,
+        "server_settings": {"application_name": application_name},
+    }
+    if not limits.statement_cache:
+        connect_args["statement_cache_size"] = 0
+        connect_args["prepared_statement_name_func"] = lambda: f"__asyncpg_{uuid.uuid4()}__"
+        url = (
+            make_url(url)
+            .update_query_dict({"prepared_statement_cache_size": "0"})
+            .render_as_string(hide_password=False)
+        )
+    engine = create_async_engine(
         url,
         # Statements run on the driver connection (Query); SQLAlchemy never opens a transaction
         # of its own, and a use case that needs one opens it with asyncpg's conn.transaction().
@@ -85,23 +162,20 @@ def create_engine(url: str, pool_size: int, application_name: str) -> AsyncEngin
         max_overflow=0,
         pool_timeout=5,
         pool_recycle=1800,
-        connect_args={
-            "timeout": 5,
-            "command_timeout": 15,
-            "server_settings": {"application_name": application_name},
-        },
+        connect_args=connect_args,
     )
+    event.listen(engine.sync_engine.pool, "checkout", _discard_closed)
+    return engine
 
 
 def is_connection_error(exc: BaseException) -> bool:
-    """True when `exc` means the database could not be reached (retryable), not a bug."""
+    """True when `exc`, raised while getting a connection, means the database could not be
+    reached (retryable), not a bug."""
     seen: set[int] = set()
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        if isinstance(current, _CONNECTION_ERRORS):
-            return True
-        if isinstance(current, sa_exc.DBAPIError) and current.connection_invalidated:
+        if isinstance(current, _CONNECT_ERRORS):
             return True
         current = getattr(current, "orig", None) or current.__cause__
     return False
@@ -109,12 +183,13 @@ def is_connection_error(exc: BaseException) -> bool:
 
 async def ping(engine: AsyncEngine) -> bool:
     try:
-        async with engine.connect() as conn:
-            await conn.execute(text("SELECT 1"))
+        async with connection(engine) as conn:
+            await conn.execute("SELECT 1")
         return True
-    except Exception as exc:
-        if not is_connection_error(exc):
-            log.exception("database health check failed")
+    except DatabaseUnavailable:
+        return False
+    except Exception:
+        log.exception("database health check failed")
         return False
 
 

@@ -59,3 +59,13 @@ class DatabaseUnavailable(Unavailable):
 
     def __init__(self) -> None:
         super().__init__("the database is not reachable; retry later")
+
+
+class Overloaded(ServiceError):
+    """The process is at its limit of calls in progress: refused at once, before any work."""
+
+    code = "RESOURCE_EXHAUSTED"
+    reason = "OVERLOADED"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the server is at its limit of {limit} calls in progress; retry with backoff")

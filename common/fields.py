@@ -30,6 +30,11 @@ def _sequence(value: Any) -> bool:
     return type(value) is int and 0 <= value < 2**63
 
 
+def _number(value: Any) -> bool:
+    """A count or ordinal in PostgreSQL's integer range."""
+    return type(value) is int and 0 <= value < 2**31
+
+
 def _moment(value: Any) -> bool:
     """A timestamp in microseconds since 1970 that Python's datetime can hold (up to year 9999)."""
     return type(value) is int and 0 <= value < 253_402_300_800_000_000
@@ -43,6 +48,7 @@ class Cursor:
     """The shape of one list's cursor: the check each position must pass."""
 
     SEQUENCE = _sequence
+    NUMBER = _number
     MOMENT = _moment
     UUID = _uuid
 

@@ -1,4 +1,5 @@
-"""The one interceptor of our services: authenticate, parse, call, map errors, log one line."""
+"""The one interceptor of our services: bound the work in progress, authenticate, parse, call
+within the caller's deadline, map errors, log one line per call."""
 
 from __future__ import annotations
 
@@ -12,31 +13,48 @@ from typing import Any
 import grpc
 
 from common.auth import Access, Authenticator
-from common.db import is_connection_error
-from common.errors import DatabaseUnavailable, InvalidArgument, ServiceError
+from common.errors import InvalidArgument, Overloaded, ServiceError
 from common.metrics import Metrics
 from common.status import rich_status
 
 log = logging.getLogger("rpc")
 
 Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# The unauthenticated streams (health Watch, reflection) and how many of each a process keeps
+# open: without a bound, a flood of them grows memory without end.
+CAPPED_STREAMS = {
+    "/grpc.health.v1.Health/Watch": 100,
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": 100,
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo": 100,
+}
 
 
 class CallInterceptor(grpc.aio.ServerInterceptor):
-    """Authenticates every call to the listed services, then parses the request (so a body that does
-    not parse is INVALID_ARGUMENT after authentication, never UNKNOWN), maps errors to rich
-    statuses, logs one line and records it in the metrics.
+    """For every call to the listed services: refuse it at once with RESOURCE_EXHAUSTED OVERLOADED
+    when `max_in_flight` calls are already in progress; authenticate; parse the request (so a body
+    that does not parse is INVALID_ARGUMENT after authentication, never UNKNOWN); run it within
+    the caller's deadline (its database work is cancelled when the deadline passes); map errors to
+    rich statuses; log one line and record it in the metrics, refusals and cancellations included.
 
-    Health and reflection are not listed and pass through untouched.
+    Health Watch and reflection streams, the unauthenticated surface, are capped per process
+    (CAPPED_STREAMS); other health and reflection calls pass through untouched.
     """
 
     def __init__(
-        self, domain: str, authenticator: Authenticator, access: dict[str, Access], metrics: Metrics
+        self,
+        domain: str,
+        authenticator: Authenticator,
+        access: dict[str, Access],
+        metrics: Metrics,
+        max_in_flight: int,
     ) -> None:
         self._domain = domain
         self._authenticator = authenticator
         self._access = access
         self._metrics = metrics
+        self._max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._streams = dict.fromkeys(CAPPED_STREAMS, 0)
         self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -49,22 +67,26 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if cached is not None:
             return cached
         handler = await continuation(handler_call_details)
-        access = self._access.get(method.split("/")[1] if method.count("/") == 2 else "")
-        if handler is None or access is None or handler.unary_unary is None:
+        if handler is None:
             return handler
-        # The request arrives as bytes and is parsed inside the call, after authentication.
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, access, handler.unary_unary, handler.request_deserializer),
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
+        if method in CAPPED_STREAMS:
+            wrapped = self._capped_stream(method, handler)
+        else:
+            access = self._access.get(method.split("/")[1] if method.count("/") == 2 else "")
+            if access is None or handler.unary_unary is None:
+                return handler
+            # The request arrives as bytes and is parsed inside the call, after authentication.
+            wrapped = grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, access, handler.unary_unary, handler.request_deserializer),
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
         self._wrapped[method] = wrapped
         return wrapped
 
     def _wrap(
         self, method: str, access: Access, behavior: Handler, parse: Callable[[bytes], Any] | None
     ) -> Handler:
-        domain, authenticator, metrics = self._domain, self._authenticator, self._metrics
         message = method.rsplit("/", 1)[-1] + "Request"
 
         async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
@@ -72,50 +94,99 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             code = "OK"
             reason = None
             correlation_id = None
+            admitted = self._in_flight < self._max_in_flight
+            if admitted:
+                self._in_flight += 1
             try:
+                if not admitted:
+                    raise Overloaded(self._max_in_flight)
                 authorization = [
                     str(value) for key, value in context.invocation_metadata() or () if key == "authorization"
                 ]
-                token = access.enter(await authenticator.authenticate(authorization))
+                token = access.enter(await self._authenticator.authenticate(authorization))
                 try:
                     try:
                         request = parse(raw) if parse is not None else raw
                     except Exception:
                         raise InvalidArgument({"request": f"does not parse as {message}"}) from None
-                    return await behavior(request, context)
+                    async with asyncio.timeout(context.time_remaining()):
+                        return await behavior(request, context)
                 finally:
                     access.leave(token)
             except ServiceError as error:
                 code, reason = error.code, error.reason
-                await context.abort_with_status(rich_status(error, domain))
+                await context.abort_with_status(rich_status(error, self._domain))
             except grpc.aio.AbortError:
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise
+            except TimeoutError:
+                # The caller's deadline passed (or a statement outran DB_STATEMENT_TIMEOUT_SECONDS):
+                # the call's database work was cancelled on the server.
+                code = "DEADLINE_EXCEEDED"
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED, "the deadline passed; nothing was kept"
+                )
             except asyncio.CancelledError:
-                code = "CANCELLED"
+                remaining = context.time_remaining()
+                code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
                 raise
-            except Exception as exc:
-                if is_connection_error(exc):
-                    error = DatabaseUnavailable()
-                    log.warning("database unreachable during %s: %r", method, exc)
-                else:
-                    correlation_id = uuid.uuid4().hex
-                    error = ServiceError("internal error", correlation_id=correlation_id)
-                    log.exception("unhandled error in %s [%s]", method, correlation_id)
+            except Exception:
+                correlation_id = uuid.uuid4().hex
+                error = ServiceError("internal error", correlation_id=correlation_id)
+                log.exception("unhandled error in %s [%s]", method, correlation_id)
                 code, reason = error.code, error.reason
-                await context.abort_with_status(rich_status(error, domain))
+                await context.abort_with_status(rich_status(error, self._domain))
             finally:
-                elapsed = time.perf_counter() - started
-                metrics.observe(method, code, elapsed)
-                line: dict[str, Any] = {
-                    "method": method,
-                    "code": code,
-                    "duration_ms": round(elapsed * 1000, 3),
-                }
-                if reason:
-                    line["reason"] = reason
-                if correlation_id:
-                    line["correlation_id"] = correlation_id
-                log.info(line)
+                if admitted:
+                    self._in_flight -= 1
+                self._log(method, code, reason, time.perf_counter() - started, correlation_id)
 
         return call
+
+    def _capped_stream(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler of an unauthenticated stream, refused with RESOURCE_EXHAUSTED OVERLOADED once
+        its per-process cap is reached."""
+        limit = CAPPED_STREAMS[method]
+        unary_request = handler.unary_stream is not None
+        behavior = handler.unary_stream if unary_request else handler.stream_stream
+
+        async def capped(request: Any, context: grpc.aio.ServicerContext) -> None:
+            if self._streams[method] >= limit:
+                self._log(method, "RESOURCE_EXHAUSTED", Overloaded.reason, 0.0, None)
+                await context.abort_with_status(rich_status(Overloaded(limit), self._domain))
+            self._streams[method] += 1
+            started = time.perf_counter()
+            code = "OK"
+            try:
+                replies = behavior(request, context)
+                if hasattr(replies, "__aiter__"):
+                    async for reply in replies:
+                        await context.write(reply)
+                else:
+                    await replies
+            except asyncio.CancelledError:
+                code = "CANCELLED"  # how a watcher normally leaves
+                raise
+            finally:
+                self._streams[method] -= 1
+                self._log(method, code, None, time.perf_counter() - started, None)
+
+        factory = (
+            grpc.unary_stream_rpc_method_handler if unary_request else grpc.stream_stream_rpc_method_handler
+        )
+        return factory(
+            capped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _log(
+        self, method: str, code: str, reason: str | None, elapsed: float, correlation_id: str | None
+    ) -> None:
+        self._metrics.observe(method, code, elapsed)
+        line: dict[str, Any] = {"method": method, "code": code, "duration_ms": round(elapsed * 1000, 3)}
+        if reason:
+            line["reason"] = reason
+        if correlation_id:
+            line["correlation_id"] = correlation_id
+        log.info(line)

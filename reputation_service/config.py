@@ -6,12 +6,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.config import (
+    DEFAULT_LIMITS,
     PLAINTEXT,
+    ConfigError,
     JwtSettings,
+    Limits,
     ServiceSigning,
     TlsSettings,
     database_url,
     jwt_settings,
+    limits,
     listen_address,
     page_token_secret,
     positive_float,
@@ -44,10 +48,25 @@ class Config:
     # Where /metrics is served. This default (any free port) suits tests; load() uses the documented one.
     metrics_listen: str = "127.0.0.1:0"
     workers: int = 1
+    limits: Limits = DEFAULT_LIMITS
+
+
+def outbox_lease(env: Mapping[str, str], session_service_timeout: float) -> float:
+    """OUTBOX_LEASE_SECONDS, which must outlast a delivery attempt (SESSION_SERVICE_TIMEOUT_SECONDS):
+    a row whose lease ran out mid-attempt is claimed, and attempted, by another replica."""
+    lease = positive_float(env, "OUTBOX_LEASE_SECONDS", 10.0)
+    if lease <= session_service_timeout:
+        raise ConfigError(
+            "OUTBOX_LEASE_SECONDS",
+            f"must be longer than SESSION_SERVICE_TIMEOUT_SECONDS ({session_service_timeout:g} s), "
+            f"the delivery attempt a lease covers, got {lease:g}",
+        )
+    return lease
 
 
 def load(env: Mapping[str, str]) -> Config:
     listen = listen_address(env, "REPUTATION_LISTEN", "127.0.0.1:50052")
+    session_service_timeout = positive_float(env, "SESSION_SERVICE_TIMEOUT_SECONDS", 2.0)
     return Config(
         listen=listen,
         database_url=database_url(env, "REPUTATION_DATABASE_URL"),
@@ -58,10 +77,11 @@ def load(env: Mapping[str, str]) -> Config:
         service_jwks_file=service_token_keys(env, required_by=None),
         tls=tls_settings(env),
         pool_size=positive_int(env, "REPUTATION_DB_POOL_SIZE", 10),
-        session_service_timeout=positive_float(env, "SESSION_SERVICE_TIMEOUT_SECONDS", 2.0),
+        session_service_timeout=session_service_timeout,
         relay_interval=positive_float(env, "RELAY_INTERVAL_SECONDS", 1.0),
-        outbox_lease=positive_float(env, "OUTBOX_LEASE_SECONDS", 10.0),
+        outbox_lease=outbox_lease(env, session_service_timeout),
         relay_max_backoff=positive_float(env, "RELAY_MAX_BACKOFF_SECONDS", 30.0),
         metrics_listen=listen_address(env, "REPUTATION_METRICS_LISTEN", "127.0.0.1:9152"),
+        limits=limits(env),
         workers=workers(env, "REPUTATION_WORKERS", listen),
     )

@@ -12,6 +12,7 @@ from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
 
 from common.auth import INTERNAL_ROLE, ServiceTokenSigner
 from common.auth.signing import load_private_key
+from common.client import channel_options
 from common.config import ServiceSigning, TlsSettings
 from common.errors import ServiceError, Unavailable
 from common.tls import aio_channel
@@ -19,6 +20,8 @@ from reputation_service import domain
 from reputation_service.domain import SessionFacts
 
 SERVICE_NAME = "reputation"
+# Codes a later attempt may not get: the session service down, slow, overloaded (its OVERLOADED
+# is RESOURCE_EXHAUSTED) or the call cut. Any other code is the session service's verdict.
 TRANSIENT = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -27,11 +30,14 @@ TRANSIENT = {
 }
 # Reconnect quickly after an outage: the relay's own backoff decides how often to retry.
 # round_robin spreads calls over every session replica the target's DNS name resolves to.
+# The typed clients' retry policy retries UNAVAILABLE within the call's deadline: a stream the
+# server refused (more than its 100 per connection at once) is sent again, not failed.
 CHANNEL_OPTIONS = [
     ("grpc.lb_policy_name", "round_robin"),
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    *channel_options(),
 ]
 STATUSES = {
     pb.SESSION_STATUS_ACTIVE: domain.ACTIVE,
@@ -43,8 +49,10 @@ STATUSES = {
 class SessionsUnavailable(Unavailable):
     reason = "SESSIONS_UNAVAILABLE"
 
-    def __init__(self, session_id: str) -> None:
+    def __init__(self, session_id: str, status_code: str = "UNAVAILABLE") -> None:
         super().__init__("the session service did not answer; retry later", session_id=session_id)
+        # The transient gRPC code behind it, for logs (not told to callers).
+        self.status_code = status_code
 
 
 class PassedOn(ServiceError):
@@ -58,7 +66,7 @@ class PassedOn(ServiceError):
 
 def _passed_on(error: grpc.aio.AioRpcError, session_id: str) -> ServiceError:
     if error.code() in TRANSIENT:
-        return SessionsUnavailable(session_id)
+        return SessionsUnavailable(session_id, error.code().name)
     status = rpc_status.from_call(error)
     info = error_details_pb2.ErrorInfo()
     for detail in status.details if status is not None else ():
@@ -71,7 +79,8 @@ def _passed_on(error: grpc.aio.AioRpcError, session_id: str) -> ServiceError:
         grpc.StatusCode.INVALID_ARGUMENT,
     ):
         return PassedOn(error.code().name, info.reason, error.details() or "", dict(info.metadata))
-    # Anything else (auth between services, a bug over there) is our internal error, not the caller's.
+    # Anything else (auth between services, a bug over there) is our internal error, not the
+    # caller's; the relay reads its code to park the row (`relay.verdict`).
     raise error
 
 
@@ -85,7 +94,11 @@ def facts(session: pb.Session) -> SessionFacts:
 
 
 class SessionsClient:
-    """LookupSession and CompletePairedSession, each with a deadline and a fresh service token."""
+    """LookupSession and CompletePairedSession, each with a deadline and a fresh service token.
+
+    Each call's deadline is its caller's to give (`budget`, seconds): what is left of the
+    incoming call's own deadline, or of a relay's lease; without one, `timeout` as configured.
+    """
 
     def __init__(self, target: str, signing: ServiceSigning, tls: TlsSettings, timeout: float) -> None:
         self._channel = aio_channel(target, tls, CHANNEL_OPTIONS)
@@ -93,28 +106,28 @@ class SessionsClient:
         self._signer = ServiceTokenSigner(
             SERVICE_NAME, load_private_key(Path(signing.key_file).read_bytes()), signing.key_id
         )
-        self._timeout = timeout
+        self.timeout = timeout
 
     def _metadata(self) -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self._signer.token([INTERNAL_ROLE])}"),)
 
-    async def lookup(self, session_id: str) -> SessionFacts:
+    async def lookup(self, session_id: str, budget: float | None = None) -> SessionFacts:
         try:
             session = await self._stub.LookupSession(
                 pb.LookupSessionRequest(session_id=session_id),
                 metadata=self._metadata(),
-                timeout=self._timeout,
+                timeout=self.timeout if budget is None else budget,
             )
         except grpc.aio.AioRpcError as error:
             raise _passed_on(error, session_id) from None
         return facts(session)
 
-    async def complete_paired(self, session_id: str) -> SessionFacts:
+    async def complete_paired(self, session_id: str, budget: float | None = None) -> SessionFacts:
         try:
             session = await self._stub.CompletePairedSession(
                 pb.CompletePairedSessionRequest(session_id=session_id),
                 metadata=self._metadata(),
-                timeout=self._timeout,
+                timeout=self.timeout if budget is None else budget,
             )
         except grpc.aio.AioRpcError as error:
             raise _passed_on(error, session_id) from None

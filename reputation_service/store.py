@@ -77,8 +77,10 @@ _AWARD = Query(
                update_time = now()
         RETURNING 1
     ), queued AS (
-        INSERT INTO reputation.outbox (session_id, next_attempt_time)
-        VALUES (:session_id, now() + make_interval(secs => :lease))
+        -- Born claimed, for the delivery the confirming call makes right after commit: that
+        -- delivery is attempt 1, and the lease keeps the relays off the row meanwhile.
+        INSERT INTO reputation.outbox (session_id, attempts, next_attempt_time)
+        VALUES (:session_id, 1, now() + make_interval(secs => :lease))
         ON CONFLICT (session_id) DO NOTHING
         RETURNING 1
     )
@@ -98,31 +100,76 @@ _DELIVERED = Query(
      WHERE session_id IN (SELECT session_id FROM done)
     """
 )
+# Every write about one attempt names the attempt (`attempts` as its claim left it): a claimer
+# whose lease ran out while it waited on the session service cannot overwrite what the next
+# claimer decided. Delivery needs no such guard: a completion is a completion, whoever saw it.
 _POSTPONE = Query(
     """
     UPDATE reputation.outbox
-       SET attempts = attempts + 1, last_error = :error,
-           next_attempt_time = now() + make_interval(secs => :delay)
-     WHERE session_id = :session_id AND deliver_time IS NULL
+       SET last_error = :error, next_attempt_time = now() + make_interval(secs => :delay)
+     WHERE session_id = :session_id AND attempts = :attempt
+       AND deliver_time IS NULL AND dead_time IS NULL
+    """
+)
+_BURY = Query(
+    """
+    UPDATE reputation.outbox SET dead_time = now(), last_error = :error
+     WHERE session_id = :session_id AND attempts = :attempt
+       AND deliver_time IS NULL AND dead_time IS NULL
+    """
+)
+# A claim whose lease was spent before its attempt could start gives the attempt back.
+_RELEASE = Query(
+    """
+    UPDATE reputation.outbox SET attempts = attempts - 1, next_attempt_time = now()
+     WHERE session_id = :session_id AND attempts = :attempt
+       AND deliver_time IS NULL AND dead_time IS NULL
     """
 )
 # Claims due rows by pushing their next attempt a lease into the future and committing at
 # once: no transaction stays open across the remote call, SKIP LOCKED keeps replicas apart,
-# and a replica that dies mid-delivery only delays the row until its lease runs out.
+# and a replica that dies mid-delivery only delays the row until its lease runs out. The
+# attempt is counted here, by whoever claims, so `attempts` is the number of attempts made
+# whichever replicas made them (a replica dying mid-attempt still made it).
 _CLAIM = Query(
     """
-    UPDATE reputation.outbox SET next_attempt_time = now() + make_interval(secs => :lease)
+    UPDATE reputation.outbox
+       SET next_attempt_time = now() + make_interval(secs => :lease), attempts = attempts + 1
      WHERE session_id IN (
            SELECT session_id FROM reputation.outbox
-            WHERE deliver_time IS NULL AND next_attempt_time <= now()
+            WHERE deliver_time IS NULL AND dead_time IS NULL AND next_attempt_time <= now()
             ORDER BY next_attempt_time
             LIMIT :limit
               FOR UPDATE SKIP LOCKED)
     RETURNING session_id, attempts
     """
 )
+# Each count matches one partial index: the outbox keeps its delivered rows.
 _BACKLOG = Query(
-    "SELECT count(*) AS rows, min(create_time) AS oldest FROM reputation.outbox WHERE deliver_time IS NULL"
+    """
+    SELECT (SELECT count(*) FROM reputation.outbox
+             WHERE deliver_time IS NULL AND dead_time IS NULL) AS rows,
+           (SELECT min(create_time) FROM reputation.outbox
+             WHERE deliver_time IS NULL AND dead_time IS NULL) AS oldest,
+           (SELECT count(*) FROM reputation.outbox
+             WHERE deliver_time IS NULL AND dead_time IS NOT NULL) AS dead
+    """
+)
+# An operator's replay: dead rows are due again, with a fresh count of attempts.
+_REPLAY_ALL = Query(
+    """
+    UPDATE reputation.outbox SET dead_time = NULL, attempts = 0, next_attempt_time = now()
+     WHERE deliver_time IS NULL AND dead_time IS NOT NULL
+    RETURNING session_id
+    """
+)
+_OUTBOX_ROW = Query("SELECT deliver_time, dead_time FROM reputation.outbox WHERE session_id = :session_id")
+_REPLAY_ONE = Query(
+    """
+    UPDATE reputation.outbox SET dead_time = NULL, attempts = 0, next_attempt_time = now()
+     WHERE session_id = :session_id AND deliver_time IS NULL AND dead_time IS NOT NULL
+    RETURNING session_id
+    """
 )
 _REPUTATION = Query(
     "SELECT score, confirmed_sessions, update_time FROM reputation.scores WHERE user_id = :user_id"
@@ -139,8 +186,10 @@ _EVENTS_AFTER = Query(
 
 @dataclass(frozen=True)
 class ConfirmationState:
-    """Everything a Confirmation reply says about one session."""
+    """Everything this service holds about one session's confirmation."""
 
+    # Its status here is the last one this service saw (at the first confirmation, or COMPLETED
+    # once delivered): replies ask the session service for the current one.
     session: SessionFacts
     confirmed_user_ids: list[str]
     awarded: bool
@@ -149,10 +198,6 @@ class ConfirmationState:
     @property
     def both_confirmed(self) -> bool:
         return len(self.confirmed_user_ids) == 2
-
-    @property
-    def status(self) -> str:
-        return domain.COMPLETED if self.delivered else self.session.status
 
 
 def _state(row: Record) -> ConfirmationState:
@@ -226,19 +271,44 @@ async def mark_delivered(conn: asyncpg.Connection, session_id: str) -> None:
     await _DELIVERED.execute(conn, {"session_id": session_id})
 
 
-async def postpone(conn: asyncpg.Connection, session_id: str, error: str, delay: float) -> None:
-    await _POSTPONE.execute(conn, {"session_id": session_id, "error": error[:500], "delay": float(delay)})
+async def postpone(conn: asyncpg.Connection, session_id: str, attempt: int, error: str, delay: float) -> None:
+    params = {"session_id": session_id, "attempt": attempt, "error": error[:500], "delay": float(delay)}
+    await _POSTPONE.execute(conn, params)
+
+
+async def bury(conn: asyncpg.Connection, session_id: str, attempt: int, error: str) -> None:
+    """Parks the row as dead: no relay claims it again until `replay` makes it due."""
+    await _BURY.execute(conn, {"session_id": session_id, "attempt": attempt, "error": error[:500]})
+
+
+async def release(conn: asyncpg.Connection, session_id: str, attempt: int) -> None:
+    await _RELEASE.execute(conn, {"session_id": session_id, "attempt": attempt})
 
 
 async def claim_due(conn: asyncpg.Connection, limit: int, lease: float) -> list[tuple[str, int]]:
+    """Claims up to `limit` due rows for `lease` seconds: (session_id, this attempt's number)."""
     rows = await _CLAIM.fetch(conn, {"limit": limit, "lease": float(lease)})
     return [(str(row["session_id"]), row["attempts"]) for row in rows]
 
 
 async def outbox_backlog(conn: asyncpg.Connection) -> Record:
+    """Live undelivered rows (`rows`, `oldest` create_time) and dead ones (`dead`)."""
     row = await _BACKLOG.fetchrow(conn, {})
     assert row is not None
     return row
+
+
+async def replay(conn: asyncpg.Connection, session_id: str | None) -> list[str]:
+    """Makes dead rows (all, or the one of `session_id`) due again; returns their session ids."""
+    if session_id is None:
+        rows = await _REPLAY_ALL.fetch(conn, {})
+    else:
+        rows = await _REPLAY_ONE.fetch(conn, {"session_id": session_id})
+    return [str(row["session_id"]) for row in rows]
+
+
+async def outbox_row(conn: asyncpg.Connection, session_id: str) -> Record | None:
+    return await _OUTBOX_ROW.fetchrow(conn, {"session_id": session_id})
 
 
 async def reputation(conn: asyncpg.Connection, user_id: str) -> Record | None:

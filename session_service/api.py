@@ -33,6 +33,8 @@ ROLE_NUMBERS = {name: number for number, name in ROLES.items()}
 SESSIONS_CURSOR = Cursor(Cursor.MOMENT, Cursor.UUID)
 # The last message's sequence number.
 MESSAGES_CURSOR = Cursor(Cursor.SEQUENCE)
+# The last session's retake number.
+RETAKES_CURSOR = Cursor(Cursor.NUMBER)
 
 
 def _text(value: Any) -> str:
@@ -152,10 +154,17 @@ class SessionApi(pb_grpc.SessionServiceServicer):
     async def ListRetakes(
         self, request: pb.ListRetakesRequest, context: aio.ServicerContext
     ) -> pb.ListRetakesResponse:
-        session_id = _session_id(request)
+        caller = current_user_id()
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        limit = fields.page_size(request.page_size)
+        scope = f"retakes:{caller}:{session_id}"
+        cursor = fields.page_token(self._tokens, scope, request.page_token, RETAKES_CURSOR)
+        fields.done()
         async with connection(self._db) as conn:
-            rows = await store.list_retakes(conn, session_id, current_user_id())
-        return pb.ListRetakesResponse(sessions=[session_pb(r) for r in rows])
+            rows = await store.list_retakes(conn, session_id, caller, cursor[0] if cursor else 0, limit + 1)
+        token = self._tokens.next_token(scope, rows, limit, lambda last: [last["retake_number"]])
+        return pb.ListRetakesResponse(sessions=[session_pb(r) for r in rows[:limit]], next_page_token=token)
 
     async def AppendMessage(
         self, request: pb.AppendMessageRequest, context: aio.ServicerContext
@@ -186,8 +195,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         fields.done()
         async with connection(self._db) as conn:
             rows = await store.list_messages(conn, session_id, caller, cursor[0] if cursor else 0, limit + 1)
-        token = self._tokens.next_token(scope, rows, limit, lambda last: [last["seq"]])
-        return pb.ListMessagesResponse(messages=[message_pb(r) for r in rows[:limit]], next_page_token=token)
+        kept = store.messages_that_fit(rows, limit)
+        token = self._tokens.next_token(scope, rows, kept, lambda last: [last["seq"]])
+        return pb.ListMessagesResponse(messages=[message_pb(r) for r in rows[:kept]], next_page_token=token)
 
 
 class InternalApi(pb_grpc.SessionInternalServiceServicer):
@@ -223,7 +233,7 @@ class InternalApi(pb_grpc.SessionInternalServiceServicer):
 
 def create_server(config: Config) -> AppServer:
     """Everything the session service needs, wired; the caller starts and stops it."""
-    engine = create_engine(config.database_url, config.pool_size, "session_service")
+    engine = create_engine(config.database_url, config.pool_size, "session_service", config.limits)
     tokens = PageTokens(config.page_token_secret)
     app = build_server(
         config.listen,
@@ -246,6 +256,7 @@ def create_server(config: Config) -> AppServer:
         probe=lambda: ping(engine),
         metrics=Metrics(config.metrics_listen, engine),
         tls=config.tls,
+        max_concurrent_rpcs=config.limits.max_concurrent_rpcs,
         reuse_port=config.workers > 1,
     )
     app.on_stop.append(engine.dispose)

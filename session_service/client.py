@@ -48,8 +48,11 @@ class SessionClient(AsyncClient["pb_grpc.SessionServiceAsyncStub"]):
         request = pb.RetakeSessionRequest(session_id=session_id, request_id=request_id)
         return await self._stub.RetakeSession(request, **self._call())
 
-    async def list_retakes(self, session_id: str) -> pb.ListRetakesResponse:
-        return await self._stub.ListRetakes(pb.ListRetakesRequest(session_id=session_id), **self._call())
+    async def list_retakes(
+        self, session_id: str, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListRetakesResponse:
+        request = pb.ListRetakesRequest(session_id=session_id, page_size=page_size, page_token=page_token)
+        return await self._stub.ListRetakes(request, **self._call())
 
     async def append_message(
         self, session_id: str, role: pb.MessageRole.ValueType, content: str, request_id: str = ""
@@ -99,8 +102,11 @@ class SyncSessionClient(SyncClient[pb_grpc.SessionServiceStub]):
         request = pb.RetakeSessionRequest(session_id=session_id, request_id=request_id)
         return self._stub.RetakeSession(request, **self._call())
 
-    def list_retakes(self, session_id: str) -> pb.ListRetakesResponse:
-        return self._stub.ListRetakes(pb.ListRetakesRequest(session_id=session_id), **self._call())
+    def list_retakes(
+        self, session_id: str, page_size: int = 0, page_token: str = ""
+    ) -> pb.ListRetakesResponse:
+        request = pb.ListRetakesRequest(session_id=session_id, page_size=page_size, page_token=page_token)
+        return self._stub.ListRetakes(request, **self._call())
 
     def append_message(
         self, session_id: str, role: pb.MessageRole.ValueType, content: str, request_id: str = ""

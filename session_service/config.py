@@ -6,11 +6,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from common.config import (
+    DEFAULT_LIMITS,
     PLAINTEXT,
     JwtSettings,
+    Limits,
     TlsSettings,
     database_url,
     jwt_settings,
+    limits,
     listen_address,
     page_token_secret,
     positive_int,
@@ -33,6 +36,7 @@ class Config:
     # Where /metrics is served. This default (any free port) suits tests; load() uses the documented one.
     metrics_listen: str = "127.0.0.1:0"
     workers: int = 1
+    limits: Limits = DEFAULT_LIMITS
 
 
 def load(env: Mapping[str, str]) -> Config:
@@ -46,5 +50,6 @@ def load(env: Mapping[str, str]) -> Config:
         pool_size=positive_int(env, "SESSION_DB_POOL_SIZE", 10),
         tls=tls_settings(env),
         metrics_listen=listen_address(env, "SESSION_METRICS_LISTEN", "127.0.0.1:9151"),
+        limits=limits(env),
         workers=workers(env, "SESSION_WORKERS", listen),
     )

@@ -20,6 +20,8 @@ SESSION_COLUMNS = (
 )
 MESSAGE_COLUMNS = "message_id, session_id, role, content, question_number, create_time, seq"
 PARTICIPANT = "(user_id = :caller OR partner_user_id = :caller)"
+# Content bytes in one ListMessages page: the reply stays under gRPC's 4 MB message limit.
+MESSAGE_PAGE_BYTES = 3 * 1024 * 1024
 # A retake loses at most once per concurrent winner; this bound is never reached in practice.
 MAX_RETAKE_ATTEMPTS = 100
 
@@ -28,12 +30,20 @@ _CREATE = Query(
     INSERT INTO sessions.sessions (session_id, user_id, partner_user_id, job_posting_id, status,
                                    request_id)
     VALUES (:session_id, :caller, :partner_user_id, :job_posting_id, 'active', :request_id)
-    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL AND original_session_id IS NULL
+    DO NOTHING
     RETURNING {SESSION_COLUMNS}
     """
 )
-_BY_REQUEST = Query(
-    f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE user_id = :caller AND request_id = :request_id"
+# A request_id is scoped to the caller and the RPC: CreateSession makes originals, RetakeSession
+# retakes, each kind with its own unique index (migration 0002).
+_CREATED_BY_REQUEST = Query(
+    f"SELECT {SESSION_COLUMNS} FROM sessions.sessions "
+    "WHERE user_id = :caller AND request_id = :request_id AND original_session_id IS NULL"
+)
+_RETAKEN_BY_REQUEST = Query(
+    f"SELECT {SESSION_COLUMNS} FROM sessions.sessions "
+    "WHERE user_id = :caller AND request_id = :request_id AND original_session_id IS NOT NULL"
 )
 _GET = Query(f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE session_id = :session_id")
 _RETAKE = Query(
@@ -48,19 +58,27 @@ _RETAKE = Query(
       FROM sessions.sessions src
      WHERE src.session_id = :session_id AND src.user_id = :caller
        AND src.status = 'completed' AND src.job_posting_id IS NOT NULL
-    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL DO NOTHING
+    ON CONFLICT (user_id, request_id) WHERE request_id IS NOT NULL AND original_session_id IS NOT NULL
+    DO NOTHING
     RETURNING {SESSION_COLUMNS}
     """
 )
-_RETAKES = Query(
+_CHAIN_OF = Query(
+    "SELECT COALESCE(original_session_id, session_id) AS chain, user_id FROM sessions.sessions "
+    f"WHERE session_id = :session_id AND {PARTICIPANT}"
+)
+# Every retake is a solo session of the chain's owner, so the owner sees the whole chain (a range
+# of the chain-number index) and a partner of the root sees the root alone.
+_CHAIN_PAGE = Query(
     f"""
     SELECT {SESSION_COLUMNS} FROM sessions.sessions
-     WHERE COALESCE(original_session_id, session_id) = (
-               SELECT COALESCE(original_session_id, session_id) FROM sessions.sessions
-                WHERE session_id = :session_id AND {PARTICIPANT})
-       AND {PARTICIPANT}
-     ORDER BY retake_number
+     WHERE COALESCE(original_session_id, session_id) = :chain AND retake_number > :after
+     ORDER BY COALESCE(original_session_id, session_id), retake_number
+     LIMIT :limit
     """
+)
+_ROOT_PAGE = Query(
+    f"SELECT {SESSION_COLUMNS} FROM sessions.sessions WHERE session_id = :chain AND :after < 1"
 )
 _RELEASE = Query(
     "UPDATE sessions.sessions SET job_posting_id = NULL, update_time = now() "
@@ -109,9 +127,12 @@ _MESSAGES = Query(
     f"""
     SELECT m.* FROM sessions.sessions s
       LEFT JOIN LATERAL (
-          SELECT {MESSAGE_COLUMNS} FROM sessions.messages
-           WHERE session_id = s.session_id AND seq > :after
-           ORDER BY seq LIMIT :limit
+          SELECT page.*, sum(octet_length(content)) OVER (ORDER BY seq ROWS UNBOUNDED PRECEDING)
+                 AS running_bytes
+            FROM (SELECT {MESSAGE_COLUMNS} FROM sessions.messages
+                   WHERE session_id = s.session_id AND seq > :after
+                   ORDER BY seq LIMIT :limit) AS page
+           ORDER BY seq
       ) AS m ON true
      WHERE s.session_id = :session_id AND (s.user_id = :caller OR s.partner_user_id = :caller)
     """
@@ -196,7 +217,7 @@ async def create_session(
     }
     row = await _CREATE.fetchrow(conn, params)
     if row is None:  # the request_id was used before: return what that call created
-        row = await _BY_REQUEST.fetchrow(conn, params)
+        row = await _CREATED_BY_REQUEST.fetchrow(conn, params)
     assert row is not None
     return row
 
@@ -243,7 +264,7 @@ async def retake_session(
         if row is not None:
             return row
         if request_id is not None:
-            earlier = await _BY_REQUEST.fetchrow(conn, params)
+            earlier = await _RETAKEN_BY_REQUEST.fetchrow(conn, params)
             if earlier is not None:
                 return earlier
         source = await _GET.fetchrow(conn, params)
@@ -253,11 +274,16 @@ async def retake_session(
     raise RuntimeError(f"retake of {session_id} lost {MAX_RETAKE_ATTEMPTS} races in a row")
 
 
-async def list_retakes(conn: asyncpg.Connection, session_id: str, caller: str) -> list[Record]:
-    rows = await _RETAKES.fetch(conn, {"session_id": session_id, "caller": caller})
-    if not rows:
+async def list_retakes(
+    conn: asyncpg.Connection, session_id: str, caller: str, after: int, limit: int
+) -> list[Record]:
+    """The chain of `session_id` as `caller` may see it: up to `limit` sessions numbered after
+    `after`, in order."""
+    found = await _CHAIN_OF.fetchrow(conn, {"session_id": session_id, "caller": caller})
+    if found is None:
         raise domain.SessionNotFound(session_id)
-    return rows
+    page = _CHAIN_PAGE if str(found["user_id"]) == caller else _ROOT_PAGE
+    return await page.fetch(conn, {"chain": found["chain"], "after": after, "limit": limit})
 
 
 async def list_sessions(
@@ -325,6 +351,18 @@ async def list_messages(
     if not rows:
         raise domain.SessionNotFound(session_id)
     return [row for row in rows if row["message_id"] is not None]
+
+
+def messages_that_fit(rows: list[Record], limit: int) -> int:
+    """How many of `rows` make the page: at most `limit`, and no more content than
+    MESSAGE_PAGE_BYTES (200 messages of 16384 characters would not fit in one gRPC message), but
+    always one."""
+    count = 0
+    for row in rows[:limit]:
+        if count and row["running_bytes"] > MESSAGE_PAGE_BYTES:
+            break
+        count += 1
+    return count
 
 
 def micros(moment: datetime) -> int:

@@ -38,7 +38,10 @@ class EmittedReasons(logging.Handler):
         line = record.msg
         if isinstance(line, dict) and line.get("reason") and str(line.get("method", "")).count("/") == 2:
             package = line["method"].split("/")[1].rsplit(".", 1)[0]
-            self.seen.add((package, line["reason"]))
+            # Refused health and reflection streams carry the serving service's domain, whose
+            # enum the contract test checks through that service's own calls.
+            if package.startswith("interview."):
+                self.seen.add((package, line["reason"]))
 
 
 EMITTED_REASONS = EmittedReasons()

@@ -1,26 +1,46 @@
-"""Test helpers: fresh ids, tokens as metadata, decoding rich errors, waiting on conditions."""
+"""Test helpers: fresh ids, tokens as metadata, the services' calls as one-liners, walking pages,
+decoding rich errors, reading call logs and metrics, waiting on conditions.
+
+The call helpers take the stub, then the call metadata (`as_user(owner)`, `as_service`, ...), then
+the request's fields; each returns the reply (or, for an error, raises as the stub does)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
+import urllib.request
 import uuid
-from collections.abc import Awaitable, Callable
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from interview.reputation.v1 import reputation_pb2 as rpb
+from interview.sessions.v1 import sessions_pb2 as pb
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.auth import INTERNAL_ROLE, ServiceTokenSigner, mint
 from common.auth.signing import public_jwk
 from common.config import JwtSettings, ServiceSigning
 from common.devcerts import write_private
+
+if TYPE_CHECKING:
+    import asyncpg
+    import pytest
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    from common.app import AppServer
+
+Metadata = Sequence[tuple[str, str]]
 
 SAMPLE_ID = "3f2b8c4e-9a1d-4e7b-8c2f-5d6a7b8c9d0e"
 # Values that are not UUIDs, each one way a caller could get an id wrong.
@@ -40,8 +60,24 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-def user_metadata(settings: JwtSettings, user_id: str, ttl: int = 300) -> tuple[tuple[str, str], ...]:
-    return (("authorization", "Bearer " + mint(settings, settings.key, user_id, ttl)),)
+def stamp(ts: Timestamp) -> datetime:
+    """A protobuf Timestamp as the aware datetime a database row holds."""
+    return ts.ToDatetime(tzinfo=UTC)
+
+
+def user_metadata(
+    settings: JwtSettings,
+    user_id: str,
+    ttl: int = 300,
+    *,
+    roles: list[str] | None = None,
+    key: Any = None,
+    key_id: str | None = None,
+) -> tuple[tuple[str, str], ...]:
+    """A user token for `user_id` as call metadata: signed with `settings.key` unless `key` is given,
+    with a `kid` header when `key_id` is, and a `roles` claim when `roles` is."""
+    token = mint(settings, settings.key if key is None else key, user_id, ttl, roles, key_id)
+    return (("authorization", "Bearer " + token),)
 
 
 def new_private_key() -> ed25519.Ed25519PrivateKey:
@@ -130,6 +166,29 @@ async def expect_error(call: Awaitable[object], code: grpc.StatusCode, reason: s
     raise AssertionError(f"expected {code.name} {reason}, the call succeeded")
 
 
+async def expect_invalid(call: Awaitable[object], *fields: str, domain: str) -> RichError:
+    """Awaits a call that must fail INVALID_ARGUMENT from `domain`, naming exactly `fields` in its
+    BadRequest, each with a description."""
+    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
+    assert error.domain == domain, error
+    assert set(error.fields) == set(fields), error
+    assert all(error.fields[name] for name in fields), error
+    return error
+
+
+def outcome(error: grpc.aio.AioRpcError) -> tuple[str, str]:
+    """(code name, ErrorInfo reason or "") of a failed call; unlike rich_error, it does not need a
+    rich status (a call refused or cancelled by gRPC itself has none)."""
+    status = rpc_status.from_call(error)
+    reason = ""
+    for detail in status.details if status is not None else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            reason = info.reason
+    return error.code().name, reason
+
+
 async def wait_for(
     condition: Callable[[], Awaitable[bool]], within: float, what: str, interval: float = 0.05
 ) -> None:
@@ -139,6 +198,16 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def holds(value: bool) -> bool:
+    """`value` as a wait_for condition: `wait_for(lambda: holds(load.ok() >= 20), ...)`."""
+    return value
+
+
+async def equals(value: Awaitable[int], expected: int) -> bool:
+    """Whether `value`, once awaited, is `expected`: `wait_for(lambda: equals(waiting(), 8), ...)`."""
+    return await value == expected
 
 
 @dataclass(frozen=True)
@@ -160,3 +229,198 @@ class StackKeys:
             "SERVICE_SIGNING_KEY_ID": self.service.reputation.key_id,
             "PAGE_TOKEN_SECRET": self.page_token_secret.decode(),
         }
+
+
+# --- The session service's calls --------------------------------------------------------------------
+
+
+async def create(
+    sessions: Any, md: Metadata, *, partner: str = "", job_posting_id: str | None = None, request_id: str = ""
+) -> pb.Session:
+    """CreateSession for the caller of `md`: solo unless `partner` is given, for a fresh job posting
+    unless `job_posting_id` is."""
+    request = pb.CreateSessionRequest(
+        job_posting_id=job_posting_id or new_id(), partner_user_id=partner, request_id=request_id
+    )
+    return await sessions.CreateSession(request, metadata=md)
+
+
+async def paired(
+    sessions: Any, as_user: Callable[[str], Metadata], owner: str | None = None, partner: str | None = None
+) -> tuple[str, str, str]:
+    """A fresh ACTIVE paired session (of fresh users unless given); returns (session_id, owner, partner)."""
+    owner, partner = owner or new_id(), partner or new_id()
+    created = await create(sessions, as_user(owner), partner=partner)
+    return created.session_id, owner, partner
+
+
+async def get(sessions: Any, md: Metadata, session_id: str) -> pb.Session:
+    return await sessions.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=md)
+
+
+async def pause(sessions: Any, md: Metadata, session_id: str) -> pb.Session:
+    return await sessions.PauseSession(pb.PauseSessionRequest(session_id=session_id), metadata=md)
+
+
+async def resume(sessions: Any, md: Metadata, session_id: str) -> pb.Session:
+    return await sessions.ResumeSession(pb.ResumeSessionRequest(session_id=session_id), metadata=md)
+
+
+async def complete(sessions: Any, md: Metadata, session_id: str) -> pb.Session:
+    return await sessions.CompleteSession(pb.CompleteSessionRequest(session_id=session_id), metadata=md)
+
+
+async def retake(sessions: Any, md: Metadata, session_id: str, request_id: str = "") -> pb.Session:
+    request = pb.RetakeSessionRequest(session_id=session_id, request_id=request_id)
+    return await sessions.RetakeSession(request, metadata=md)
+
+
+async def append(
+    sessions: Any, md: Metadata, session_id: str, role: Any, content: str = "text", request_id: str = ""
+) -> pb.SessionMessage:
+    request = pb.AppendMessageRequest(
+        session_id=session_id, role=role, content=content, request_id=request_id
+    )
+    return await sessions.AppendMessage(request, metadata=md)
+
+
+async def list_sessions(
+    sessions: Any,
+    md: Metadata,
+    page_size: int = 0,
+    page_token: str = "",
+    status: Any = pb.SESSION_STATUS_UNSPECIFIED,
+) -> pb.ListSessionsResponse:
+    request = pb.ListSessionsRequest(status=status, page_size=page_size, page_token=page_token)
+    return await sessions.ListSessions(request, metadata=md)
+
+
+async def list_messages(
+    sessions: Any, md: Metadata, session_id: str, page_size: int = 0, page_token: str = ""
+) -> pb.ListMessagesResponse:
+    request = pb.ListMessagesRequest(session_id=session_id, page_size=page_size, page_token=page_token)
+    return await sessions.ListMessages(request, metadata=md)
+
+
+async def list_retakes(
+    sessions: Any, md: Metadata, session_id: str, page_size: int = 0, page_token: str = ""
+) -> pb.ListRetakesResponse:
+    request = pb.ListRetakesRequest(session_id=session_id, page_size=page_size, page_token=page_token)
+    return await sessions.ListRetakes(request, metadata=md)
+
+
+async def walk(
+    list_page: Callable[..., Awaitable[Any]], *args: Any, page_token: str = "", **kwargs: Any
+) -> list[Any]:
+    """Every page of a listing: `list_page(*args, page_token=..., **kwargs)` from `page_token` on,
+    following next_page_token until it is empty. For example
+    `await walk(list_messages, sessions, md, session_id, page_size=3)`."""
+    pages, token = [], page_token
+    while True:
+        page = await list_page(*args, page_token=token, **kwargs)
+        pages.append(page)
+        token = page.next_page_token
+        if not token:
+            return pages
+        assert len(pages) < 100, "pagination does not end"
+
+
+async def session_statuses(db: asyncpg.Pool, session_ids: list[str]) -> Counter[str]:
+    """How many of the sessions are in each status, as their rows say."""
+    rows = await db.fetch(
+        "SELECT status FROM sessions.sessions WHERE session_id = ANY($1::uuid[])", session_ids
+    )
+    return Counter(row["status"] for row in rows)
+
+
+# --- The reputation service's calls -----------------------------------------------------------------
+
+
+async def confirm(
+    reputation: Any, md: Metadata, session_id: str, request_id: str = "", **options: Any
+) -> rpb.Confirmation:
+    """ConfirmCompletion; `options` go to the call as they are (e.g. `timeout=1.0`)."""
+    request = rpb.ConfirmCompletionRequest(session_id=session_id, request_id=request_id)
+    return await reputation.ConfirmCompletion(request, metadata=md, **options)
+
+
+async def get_confirmation(
+    reputation: Any, md: Metadata, session_id: str, **options: Any
+) -> rpb.Confirmation:
+    """GetConfirmation; `options` go to the call as they are (e.g. `timeout=1.0`)."""
+    request = rpb.GetConfirmationRequest(session_id=session_id)
+    return await reputation.GetConfirmation(request, metadata=md, **options)
+
+
+async def get_reputation(reputation: Any, md: Metadata, user_id: str = "") -> rpb.Reputation:
+    return await reputation.GetReputation(rpb.GetReputationRequest(user_id=user_id), metadata=md)
+
+
+async def list_events(
+    reputation: Any, md: Metadata, user_id: str = "", page_size: int = 0, page_token: str = ""
+) -> rpb.ListReputationEventsResponse:
+    request = rpb.ListReputationEventsRequest(user_id=user_id, page_size=page_size, page_token=page_token)
+    return await reputation.ListReputationEvents(request, metadata=md)
+
+
+# --- The call log -----------------------------------------------------------------------------------
+
+
+def call_lines(caplog: pytest.LogCaptureFixture, method: str) -> list[dict[str, Any]]:
+    """The call-log lines of `method` ("/package.Service/Method") caplog holds."""
+    return [
+        r.msg
+        for r in caplog.records
+        if r.name == "rpc" and isinstance(r.msg, dict) and r.msg.get("method") == method
+    ]
+
+
+async def the_one_call_line(caplog: pytest.LogCaptureFixture, method: str) -> dict[str, Any]:
+    """The call-log line of the one call made since caplog was cleared. The status can reach the
+    client a moment before the server writes the line, so this waits for it."""
+
+    async def logged() -> bool:
+        return bool(call_lines(caplog, method))
+
+    await wait_for(logged, within=5, what=f"the call-log line of {method}")
+    (line,) = call_lines(caplog, method)
+    return line
+
+
+def assert_nothing_at_error(caplog: pytest.LogCaptureFixture) -> None:
+    loud = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert loud == [], [record.getMessage() for record in loud]
+
+
+# --- Metrics ----------------------------------------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _fetch_metrics(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        return reply.read().decode()
+
+
+async def scrape(app: AppServer) -> Samples:
+    """Every sample the server's /metrics shows now, by name and labels."""
+    text = await asyncio.to_thread(_fetch_metrics, app.metrics_port)
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def calls(samples: Samples, method: str, code: str) -> float:
+    """rpc_calls_total of `method` ending with `code`."""
+    return samples.get(("rpc_calls_total", frozenset({("method", method), ("code", code)})), 0.0)
+
+
+def timed(samples: Samples, method: str) -> float:
+    """How many calls of `method` rpc_duration_seconds has timed."""
+    return samples.get(("rpc_duration_seconds_count", frozenset({("method", method)})), 0.0)
+
+
+def gauge(samples: Samples, name: str) -> float:
+    return samples[(name, frozenset())]

@@ -1,4 +1,5 @@
-"""Running a service as its own process, as `make run` and deployments do."""
+"""Running a service for a test: in this process on a port of its own, or as its own process, as
+`make run` and deployments do."""
 
 from __future__ import annotations
 
@@ -6,9 +7,32 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 
+import grpc
+from interview.reputation.v1 import reputation_pb2_grpc
+
+from common.app import AppServer
+from reputation_service import api as reputation_api
+from reputation_service import config as reputation_config
+from tests.conftest import wait_serving
 from tests.helpers import wait_for
+
+
+@asynccontextmanager
+async def running_reputation(
+    config: reputation_config.Config,
+) -> AsyncIterator[tuple[AppServer, reputation_pb2_grpc.ReputationServiceStub]]:
+    """A reputation server of the test's own, serving, and a stub on it; stopped on the way out."""
+    app = reputation_api.create_server(config)
+    await app.start()
+    try:
+        await wait_serving(f"127.0.0.1:{app.port}")
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield app, reputation_pb2_grpc.ReputationServiceStub(channel)
+    finally:
+        await app.stop(grace=1)
 
 
 class ServiceProcess:

@@ -16,7 +16,7 @@ FIGURES = ("ops_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_us_per_call")
 
 
 def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_report(tmp_path):
-    # About a minute: the plaintext scenarios, scale, workers, then the TLS rows.
+    # About a minute: the plaintext scenarios, scale, workers, the TLS rows, then overload.
     # Its own embedded PostgreSQL, whatever databases this environment points at.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
     done = subprocess.run(
@@ -63,6 +63,34 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
         assert case["ratio"] > 0 and case["floor_tls_over_plaintext"] > 0, scenario
     markdown = (tmp_path / "latest.md").read_text()
     assert "## TLS: the hot RPCs over mutual TLS" in markdown
+    # Overload: the session service at MAX_CONCURRENT_RPCS = M, measured at concurrency M and 4 x M;
+    # refused calls (RESOURCE_EXHAUSTED OVERLOADED) counted and timed apart, never errors.
+    overload = report["overload"]
+    limit = overload["max_concurrent_rpcs"]
+    assert overload["concurrency"] == {"limit": limit, "overload": 4 * limit}
+    assert set(overload["scenarios"]) == {"GetSession", "CreateSession"}
+    refused = 0
+    for scenario, case in overload["scenarios"].items():
+        for level in ("limit", "overload"):
+            figures = case[level]
+            where = ("overload", scenario, level)
+            assert figures["errors"] == 0, (where, figures.get("error"))
+            assert figures["calls"] > 0 and figures["ops_per_s"] > 0, (where, figures)
+            assert figures["p50_ms"] > 0 and figures["p99_ms"] > 0, (where, figures)
+            assert figures["rss_peak_mib"] > 0 and figures["server_p99_ms"] > 0, (where, figures)
+            for run in figures["runs"]:
+                if run["refused"]:
+                    assert 0 < run["refused_p50_ms"] <= run["refused_p99_ms"], (where, run)
+                    assert run["server_refused_p99_ms"] > 0, (where, run)
+                    assert 0 < run["refusal_rate"] < 1, (where, run)
+            refused += sum(run["refused"] for run in figures["runs"])
+        assert case["p99_ratio"] > 0 and case["rss_ratio"] > 0, scenario
+    # At 4 x the limit some calls are refused (the write's handler holds a database connection, so
+    # it always reaches the limit), and their latencies are reported.
+    assert refused > 0
+    assert any(case["overload"].get("refused_p99_ms", 0) > 0 for case in overload["scenarios"].values())
+    assert f"## Overload: MAX_CONCURRENT_RPCS = {limit}, concurrency {limit} vs {4 * limit}" in markdown
+    assert f"session_service (1 worker, MAX_CONCURRENT_RPCS={limit})" in report["peak_rss_mib"]
     assert any("(1 worker, TLS)" in name for name in report["peak_rss_mib"])
     two_workers = [name for name in report["peak_rss_mib"] if "(2 workers)" in name]
     assert len(two_workers) == 4, report["peak_rss_mib"]  # two processes for each service

@@ -27,7 +27,7 @@ from common.config import JwtSettings
 from reputation_service import api as reputation_api
 from session_service import api as session_api
 from tests.conftest import reputation_config_for, session_config_for, wait_serving
-from tests.helpers import StackKeys, expect_error, new_id, new_private_key
+from tests.helpers import StackKeys, create, expect_error, new_id, new_private_key
 
 Metadata = tuple[tuple[str, str], ...]
 INTERNAL_ROLE = "sessions.internal"
@@ -161,13 +161,6 @@ NOT_ALLOWED_ON_INTERNAL: dict[str, Callable[[StackKeys], str]] = {
 }
 
 
-async def paired_session(sessions: pb_grpc.SessionServiceStub, as_user: Any) -> pb.Session:
-    owner = new_id()
-    return await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=new_id()), metadata=as_user(owner)
-    )
-
-
 async def session_row(db: asyncpg.Pool, session_id: str) -> asyncpg.Record:
     row = await db.fetchrow(
         "SELECT status, job_posting_id, complete_time FROM sessions.sessions WHERE session_id = $1",
@@ -188,7 +181,7 @@ async def assert_internal_call_refused(
 ) -> None:
     """Calls `rpc` on a real paired ACTIVE session with `metadata`; the call must fail with
     `expected` and leave the session's row exactly as it was."""
-    session = await paired_session(sessions, as_user)
+    session = await create(sessions, as_user(new_id()), partner=new_id())
     before = await session_row(db, session.session_id)
     if rpc == "LookupSession":
         call = internal.LookupSession(
@@ -237,7 +230,7 @@ async def test_a_genuine_service_token_does_what_the_forgeries_could_not(
 ):
     """The control: the same calls with a token signed by a trusted service key do change the rows."""
     metadata = bearer(service_signed(keys, service_claims(name="tests")))
-    session = await paired_session(sessions, as_user)
+    session = await create(sessions, as_user(new_id()), partner=new_id())
 
     looked_up = await internal.LookupSession(
         pb.LookupSessionRequest(session_id=session.session_id), metadata=metadata
@@ -334,7 +327,7 @@ async def test_a_service_token_with_every_role_on_a_public_rpc_is_permission_den
     sessions, reputation_trusting_services, as_user, db, keys, call
 ):
     service, rpc, request = PUBLIC_CALLS[call]
-    session = await paired_session(sessions, as_user)
+    session = await create(sessions, as_user(new_id()), partner=new_id())
     before = await session_row(db, session.session_id)
     token = service_signed(keys, service_claims(name="tests", roles=[INTERNAL_ROLE, "reputation.moderate"]))
     stub = sessions if service == "sessions" else reputation_trusting_services
@@ -418,10 +411,7 @@ ACCEPTED_USER_TOKENS: dict[str, Callable[[JwtSettings, str], dict[str, Any]]] = 
 
 async def own_session(sessions: pb_grpc.SessionServiceStub, as_user: Any) -> tuple[str, pb.Session]:
     owner = new_id()
-    created = await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(owner)
-    )
-    return owner, created
+    return owner, await create(sessions, as_user(owner))
 
 
 @pytest.mark.parametrize("case", list(REFUSED_USER_TOKENS))

@@ -24,12 +24,19 @@ import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
 
-from common.auth import mint
 from common.auth.signing import public_jwk
 from common.config import JwtSettings
 from session_service import api as session_api
 from tests.conftest import session_config_for, wait_serving
-from tests.helpers import StackKeys, expect_error, new_id, new_private_key, wait_for, write_jwks
+from tests.helpers import (
+    StackKeys,
+    expect_error,
+    new_id,
+    new_private_key,
+    user_metadata,
+    wait_for,
+    write_jwks,
+)
 
 Metadata = tuple[tuple[str, str], ...]
 # A removed key must stop working within this (the file is looked at about once a second).
@@ -40,10 +47,6 @@ A, B = new_private_key(), new_private_key()
 
 def eddsa_settings(**where: Any) -> JwtSettings:
     return JwtSettings(algorithm="EdDSA", key="", issuer=ISSUER, audience=AUDIENCE, **where)
-
-
-def user_token(settings: JwtSettings, key: Any, kid: str, user_id: str) -> Metadata:
-    return (("authorization", "Bearer " + mint(settings, key, user_id, 300, key_id=kid)),)
 
 
 def service_token(key: Any, kid: str, name: str = "rotator") -> Metadata:
@@ -135,7 +138,8 @@ async def test_a_jwks_file_gaining_key_b_accepts_b_at_once_and_losing_key_a_refu
     write_jwks(jwks, {"a": A})
     settings = eddsa_settings(jwks_file=str(jwks))
     user = new_id()
-    token_a, token_b = user_token(settings, A, "a", user), user_token(settings, B, "b", user)
+    token_a = user_metadata(settings, user, key=A, key_id="a")
+    token_b = user_metadata(settings, user, key=B, key_id="b")
 
     async with session_server_with(database_url, keys, jwt=settings) as server:
         probe = await UserProbe.create(server, token_a)
@@ -149,7 +153,9 @@ async def test_a_jwks_file_gaining_key_b_accepts_b_at_once_and_losing_key_a_refu
 
         write_jwks(jwks, {"b": B})
         await refused_within(probe, token_a, "the token of removed key A to be refused")
-        assert not await probe.accepted(user_token(settings, A, "a", user)), "a fresh token of A"
+        assert not await probe.accepted(user_metadata(settings, user, key=A, key_id="a")), (
+            "a fresh token of A"
+        )
         assert await probe.accepted(token_b)
 
 
@@ -158,14 +164,15 @@ async def test_a_jwks_file_half_written_keeps_the_keys_it_had(database_url, keys
     write_jwks(jwks, {"a": A})
     settings = eddsa_settings(jwks_file=str(jwks))
     user = new_id()
-    token_a, token_b = user_token(settings, A, "a", user), user_token(settings, B, "b", user)
+    token_a = user_metadata(settings, user, key=A, key_id="a")
+    token_b = user_metadata(settings, user, key=B, key_id="b")
 
     async with session_server_with(database_url, keys, jwt=settings) as server:
         probe = await UserProbe.create(server, token_a)
         jwks.write_text('{"keys": [')
         # The unknown kid forces a re-read of the broken file, which must not drop key A.
         assert not await probe.accepted(token_b)
-        assert await probe.accepted(user_token(settings, A, "a", user))
+        assert await probe.accepted(user_metadata(settings, user, key=A, key_id="a"))
 
         write_jwks(jwks, {"a": A, "b": B})
         assert await probe.accepted(token_b)
@@ -178,13 +185,13 @@ async def test_a_flood_of_unknown_kids_does_not_delay_the_removal_of_a_key(datab
     write_jwks(jwks, {"a": A, "b": B})
     settings = eddsa_settings(jwks_file=str(jwks))
     user = new_id()
-    token_a = user_token(settings, A, "a", user)
+    token_a = user_metadata(settings, user, key=A, key_id="a")
     stranger = new_private_key()
 
     async with session_server_with(database_url, keys, jwt=settings) as server:
         probe = await UserProbe.create(server, token_a)
         for _ in range(60):
-            assert not await probe.accepted(user_token(settings, stranger, "nobody", user))
+            assert not await probe.accepted(user_metadata(settings, user, key=stranger, key_id="nobody"))
 
         write_jwks(jwks, {"b": B})
         await refused_within(probe, token_a, "removed key A to be refused after a flood of unknown kids")
@@ -238,7 +245,8 @@ async def test_a_jwks_url_gaining_key_b_accepts_b_and_losing_key_a_refuses_a(
     jwks_endpoint.publish({"a": A})
     settings = eddsa_settings(jwks_url=jwks_endpoint.url, jwks_refresh_seconds=0.5)
     user = new_id()
-    token_a, token_b = user_token(settings, A, "a", user), user_token(settings, B, "b", user)
+    token_a = user_metadata(settings, user, key=A, key_id="a")
+    token_b = user_metadata(settings, user, key=B, key_id="b")
 
     async with session_server_with(database_url, keys, jwt=settings) as server:
         probe = await UserProbe.create(server, token_a)
@@ -255,7 +263,7 @@ async def test_a_jwks_url_gaining_key_b_accepts_b_and_losing_key_a_refuses_a(
         jwks_endpoint.publish({"b": B})
 
         async def fresh_a_refused() -> bool:
-            return not await probe.accepted(user_token(settings, A, "a", user))
+            return not await probe.accepted(user_metadata(settings, user, key=A, key_id="a"))
 
         await wait_for(fresh_a_refused, within=REMOVAL_DEADLINE_SECONDS, what="a new token of removed key A")
         assert await probe.accepted(token_b)
@@ -269,7 +277,7 @@ async def test_a_jwks_url_losing_key_a_refuses_the_very_token_of_a_already_accep
     jwks_endpoint.publish({"a": A, "b": B})
     settings = eddsa_settings(jwks_url=jwks_endpoint.url, jwks_refresh_seconds=0.5)
     user = new_id()
-    token_a = user_token(settings, A, "a", user)
+    token_a = user_metadata(settings, user, key=A, key_id="a")
 
     async with session_server_with(database_url, keys, jwt=settings) as server:
         probe = await UserProbe.create(server, token_a)
@@ -283,14 +291,16 @@ async def test_a_jwks_url_is_not_fetched_again_for_each_unknown_kid(database_url
     jwks_endpoint.publish({"a": A})
     settings = eddsa_settings(jwks_url=jwks_endpoint.url, jwks_refresh_seconds=60)
     user = new_id()
-    token_a = user_token(settings, A, "a", user)
+    token_a = user_metadata(settings, user, key=A, key_id="a")
 
     async with session_server_with(database_url, keys, jwt=settings) as server:
         probe = await UserProbe.create(server, token_a)
         fetched = jwks_endpoint.fetches
         stranger = new_private_key()
         for number in range(20):
-            assert not await probe.accepted(user_token(settings, stranger, f"unknown-{number}", user))
+            assert not await probe.accepted(
+                user_metadata(settings, user, key=stranger, key_id=f"unknown-{number}")
+            )
         # Within the cooldown, unknown kids are answered from the cached set.
         assert jwks_endpoint.fetches <= fetched + 1
 

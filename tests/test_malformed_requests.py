@@ -16,7 +16,7 @@ import grpc
 import pytest
 
 from common.app import AppServer
-from tests.helpers import expect_error, new_id, wait_for
+from tests.helpers import assert_nothing_at_error, expect_error, new_id, the_one_call_line
 
 SESSIONS = "/interview.sessions.v1.SessionService"
 INTERNAL = "/interview.sessions.v1.SessionInternalService"
@@ -74,27 +74,6 @@ def raw_call(channels: dict[str, grpc.aio.Channel], method: str, body: bytes, me
     return send(body, metadata=metadata, timeout=10)
 
 
-async def exactly_one_call_line(caplog: pytest.LogCaptureFixture, method: str) -> dict[str, Any]:
-    def lines() -> list[dict[str, Any]]:
-        return [
-            r.msg
-            for r in caplog.records
-            if r.name == "rpc" and isinstance(r.msg, dict) and r.msg.get("method") == method
-        ]
-
-    async def logged() -> bool:
-        return bool(lines())
-
-    await wait_for(logged, within=5, what=f"the call-log line of {method}")
-    (line,) = lines()
-    return line
-
-
-def assert_nothing_at_error(caplog: pytest.LogCaptureFixture) -> None:
-    loud = [record.getMessage() for record in caplog.records if record.levelno >= logging.ERROR]
-    assert loud == []
-
-
 @pytest.mark.parametrize("body", list(BODIES))
 @pytest.mark.parametrize("method", list(RPCS))
 async def test_bytes_that_do_not_parse_with_a_valid_token_are_invalid_argument_naming_request(
@@ -116,7 +95,7 @@ async def test_bytes_that_do_not_parse_with_a_valid_token_are_invalid_argument_n
         assert word not in error.message
         assert word not in error.fields["request"]
 
-    line = await exactly_one_call_line(caplog, method)
+    line = await the_one_call_line(caplog, method)
     assert (line["code"], line.get("reason")) == ("INVALID_ARGUMENT", "INVALID_ARGUMENT")
     assert_nothing_at_error(caplog)
 
@@ -134,7 +113,7 @@ async def test_bytes_that_do_not_parse_without_a_token_are_unauthenticated(chann
     )
     assert error.fields == {}
 
-    line = await exactly_one_call_line(caplog, method)
+    line = await the_one_call_line(caplog, method)
     assert line["code"] == "UNAUTHENTICATED"
     assert_nothing_at_error(caplog)
 
@@ -151,7 +130,7 @@ async def test_bytes_that_do_not_parse_from_a_user_on_the_internal_service_are_p
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
     )
-    assert (await exactly_one_call_line(caplog, method))["code"] == "PERMISSION_DENIED"
+    assert (await the_one_call_line(caplog, method))["code"] == "PERMISSION_DENIED"
 
 
 @pytest.mark.parametrize("method", [f"{SESSIONS}/GetSession", f"{REPUTATION}/ConfirmCompletion"])
@@ -167,4 +146,4 @@ async def test_well_formed_raw_bytes_reach_the_argument_checks(channels, as_user
         "INVALID_ARGUMENT",
     )
     assert set(error.fields) == {"session_id"}
-    assert (await exactly_one_call_line(caplog, method))["code"] == "INVALID_ARGUMENT"
+    assert (await the_one_call_line(caplog, method))["code"] == "INVALID_ARGUMENT"

@@ -3,51 +3,20 @@
 from __future__ import annotations
 
 import asyncio
-import urllib.request
 
 import grpc
 import pytest
 from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
-from prometheus_client.parser import text_string_to_metric_families
 
-from common.app import AppServer, ListenError
+from common.app import ListenError
 from session_service import api as session_api
 from tests.conftest import session_config_for
-from tests.helpers import expect_error, new_id, wait_for
+from tests.helpers import calls, expect_error, gauge, new_id, scrape, timed, wait_for
 
 SESSIONS = "/interview.sessions.v1.SessionService/"
 INTERNAL = "/interview.sessions.v1.SessionInternalService/"
 CONFIRM = "/interview.reputation.v1.ReputationService/ConfirmCompletion"
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def _fetch(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
-        return reply.read().decode()
-
-
-async def scrape(app: AppServer) -> Samples:
-    """Every sample the server's /metrics shows now, by name and labels."""
-    text = await asyncio.to_thread(_fetch, app.metrics_port)
-    return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
-
-
-def calls(samples: Samples, method: str, code: str) -> float:
-    return samples.get(("rpc_calls_total", frozenset({("method", method), ("code", code)})), 0.0)
-
-
-def timed(samples: Samples, method: str) -> float:
-    return samples.get(("rpc_duration_seconds_count", frozenset({("method", method)})), 0.0)
-
-
-def gauge(samples: Samples, name: str) -> float:
-    return samples[(name, frozenset())]
 
 
 async def test_calls_are_counted_by_method_and_code_and_timed_by_method(session_server, sessions, as_user):

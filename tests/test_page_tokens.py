@@ -23,7 +23,16 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from common.fields import MAX_PAGE_TOKEN_CHARS, PageTokens
-from tests.helpers import StackKeys, expect_error, new_id, wait_for
+from tests.helpers import (
+    StackKeys,
+    assert_nothing_at_error,
+    expect_error,
+    list_events,
+    list_messages,
+    list_sessions,
+    new_id,
+    the_one_call_line,
+)
 
 SAMPLE_UUID = "3f2b8c4e-9a1d-4e7b-8c2f-5d6a7b8c9d0e"
 NOW_MICROS = 1_700_000_000_000_000
@@ -84,17 +93,15 @@ class ListRpc:
 
 
 def _list_sessions(sessions: Any, reputation: Any, w: World, token: str, metadata: Any) -> Awaitable[Any]:
-    return sessions.ListSessions(pb.ListSessionsRequest(page_size=1, page_token=token), metadata=metadata)
+    return list_sessions(sessions, metadata, page_size=1, page_token=token)
 
 
 def _list_messages(sessions: Any, reputation: Any, w: World, token: str, metadata: Any) -> Awaitable[Any]:
-    request = pb.ListMessagesRequest(session_id=w.session_ids[0], page_size=1, page_token=token)
-    return sessions.ListMessages(request, metadata=metadata)
+    return list_messages(sessions, metadata, w.session_ids[0], page_size=1, page_token=token)
 
 
 def _list_events(sessions: Any, reputation: Any, w: World, token: str, metadata: Any) -> Awaitable[Any]:
-    request = rpb.ListReputationEventsRequest(page_size=1, page_token=token)
-    return reputation.ListReputationEvents(request, metadata=metadata)
+    return list_events(reputation, metadata, page_size=1, page_token=token)
 
 
 # Scopes as session_service/api.py and reputation_service/api.py build them.
@@ -171,31 +178,6 @@ def forged_tokens(keys: StackKeys, rpc: ListRpc, w: World) -> dict[str, str]:
         "a 500 kB token": "QUFB" * 125_000,
         "just over the length limit": "A" * (MAX_PAGE_TOKEN_CHARS + 1),
     }
-
-
-def assert_nothing_at_error(caplog: pytest.LogCaptureFixture) -> None:
-    loud = [record for record in caplog.records if record.levelno >= logging.ERROR]
-    assert loud == [], [record.getMessage() for record in loud]
-
-
-def call_lines(caplog: pytest.LogCaptureFixture, method: str) -> list[dict[str, Any]]:
-    return [
-        r.msg
-        for r in caplog.records
-        if r.name == "rpc" and isinstance(r.msg, dict) and r.msg.get("method") == method
-    ]
-
-
-async def the_one_call_line(caplog: pytest.LogCaptureFixture, method: str) -> dict[str, Any]:
-    """The call-log line of the one call made since caplog was cleared. The status can reach the
-    client a moment before the server writes the line, so this waits for it."""
-
-    async def logged() -> bool:
-        return bool(call_lines(caplog, method))
-
-    await wait_for(logged, within=5, what=f"the call-log line of {method}")
-    (line,) = call_lines(caplog, method)
-    return line
 
 
 async def expect_bad_page_token(

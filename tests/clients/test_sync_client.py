@@ -62,9 +62,9 @@ CASES = [
     (
         SyncSessionClient,
         "list_retakes",
-        (SID,),
-        pb.ListRetakesRequest(session_id=SID),
-        pb.ListRetakesResponse(sessions=[SESSION]),
+        (SID, 5, "next"),
+        pb.ListRetakesRequest(session_id=SID, page_size=5, page_token="next"),
+        pb.ListRetakesResponse(sessions=[SESSION], next_page_token="more"),
     ),
     (
         SyncSessionClient,

@@ -8,49 +8,24 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from common.auth import mint
-from tests.helpers import MALFORMED_UUIDS, expect_error, new_id, service_metadata
+from tests.helpers import (
+    MALFORMED_UUIDS,
+    confirm,
+    create,
+    expect_error,
+    get,
+    get_confirmation,
+    get_reputation,
+    new_id,
+    paired,
+    service_metadata,
+)
 
 DOMAIN = "interview.reputation"
 REPUTATION_TABLES = ("paired_sessions", "confirmations", "events", "outbox")
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-async def paired(sessions, as_user, owner=None, partner=None):
-    """A fresh ACTIVE paired session; returns (session_id, owner, partner)."""
-    owner, partner = owner or new_id(), partner or new_id()
-    created = await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=partner), metadata=as_user(owner)
-    )
-    return created.session_id, owner, partner
-
-
-async def solo(sessions, as_user, owner):
-    created = await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id()), metadata=as_user(owner)
-    )
-    return created.session_id
-
-
-async def confirm(reputation, as_user, caller, session_id, request_id=""):
-    return await reputation.ConfirmCompletion(
-        rpb.ConfirmCompletionRequest(session_id=session_id, request_id=request_id), metadata=as_user(caller)
-    )
-
-
-async def get_confirmation(reputation, as_user, caller, session_id):
-    return await reputation.GetConfirmation(
-        rpb.GetConfirmationRequest(session_id=session_id), metadata=as_user(caller)
-    )
-
-
-async def get_session(sessions, as_user, caller, session_id):
-    return await sessions.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=as_user(caller))
-
-
-async def score_of(reputation, as_user, user):
-    return await reputation.GetReputation(rpb.GetReputationRequest(user_id=user), metadata=as_user(new_id()))
 
 
 async def row_counts(db, session_id):
@@ -111,14 +86,14 @@ async def test_the_first_confirmation_is_recorded_and_nothing_else_happens(
     session_id, owner, partner = await paired(sessions, as_user)
     caller = owner if first == "owner" else partner
 
-    reply = await confirm(reputation, as_user, caller, session_id)
+    reply = await confirm(reputation, as_user(caller), session_id)
 
     assert_first_confirmation(reply, session_id, caller)
-    seen = await get_session(sessions, as_user, owner, session_id)
+    seen = await get(sessions, as_user(owner), session_id)
     assert seen.status == pb.SESSION_STATUS_ACTIVE
     assert not seen.HasField("complete_time")
     for user in (owner, partner):
-        score = await score_of(reputation, as_user, user)
+        score = await get_reputation(reputation, as_user(new_id()), user)
         assert (score.score, score.confirmed_sessions) == (0, 0)
         assert not score.HasField("update_time")
     assert await row_counts(db, session_id) == {**NOTHING, "paired_sessions": 1, "confirmations": 1}
@@ -141,17 +116,17 @@ async def test_the_second_confirmation_completes_the_session_and_awards_both_onc
 ):
     session_id, owner, partner = await paired(sessions, as_user)
     one, other = (owner, partner) if first == "owner" else (partner, owner)
-    await confirm(reputation, as_user, one, session_id)
+    await confirm(reputation, as_user(one), session_id)
 
-    reply = await confirm(reputation, as_user, other, session_id)
+    reply = await confirm(reputation, as_user(other), session_id)
 
     assert_completed(reply, session_id, owner, partner)
     for caller in (owner, partner):
-        seen = await get_session(sessions, as_user, caller, session_id)
+        seen = await get(sessions, as_user(caller), session_id)
         assert seen.status == pb.SESSION_STATUS_COMPLETED
         assert seen.HasField("complete_time")
     for user in (owner, partner):
-        score = await score_of(reputation, as_user, user)
+        score = await get_reputation(reputation, as_user(new_id()), user)
         assert score.user_id == user
         assert (score.score, score.confirmed_sessions) == (1, 1)
         assert score.HasField("update_time")
@@ -175,18 +150,18 @@ async def test_a_paused_paired_session_can_be_confirmed_and_ends_completed(sessi
     session_id, owner, partner = await paired(sessions, as_user)
     await sessions.PauseSession(pb.PauseSessionRequest(session_id=session_id), metadata=as_user(partner))
 
-    first = await confirm(reputation, as_user, owner, session_id)
+    first = await confirm(reputation, as_user(owner), session_id)
     assert_first_confirmation(first, session_id, owner, status=pb.SESSION_STATUS_PAUSED)
-    assert (await get_session(sessions, as_user, owner, session_id)).status == pb.SESSION_STATUS_PAUSED
+    assert (await get(sessions, as_user(owner), session_id)).status == pb.SESSION_STATUS_PAUSED
 
-    second = await confirm(reputation, as_user, partner, session_id)
+    second = await confirm(reputation, as_user(partner), session_id)
 
     assert_completed(second, session_id, owner, partner)
-    seen = await get_session(sessions, as_user, owner, session_id)
+    seen = await get(sessions, as_user(owner), session_id)
     assert seen.status == pb.SESSION_STATUS_COMPLETED
     assert seen.HasField("complete_time")
     for user in (owner, partner):
-        assert (await score_of(reputation, as_user, user)).score == 1
+        assert (await get_reputation(reputation, as_user(new_id()), user)).score == 1
     assert await row_counts(db, session_id) == {
         "paired_sessions": 1,
         "confirmations": 2,
@@ -201,15 +176,15 @@ async def test_both_participants_confirming_at_once_award_each_exactly_once(
     session_id, owner, partner = await paired(sessions, as_user)
 
     replies = await asyncio.gather(
-        confirm(reputation, as_user, owner, session_id), confirm(reputation, as_user, partner, session_id)
+        confirm(reputation, as_user(owner), session_id), confirm(reputation, as_user(partner), session_id)
     )
 
     assert all(reply.session_id == session_id for reply in replies)
-    final = await get_confirmation(reputation, as_user, owner, session_id)
+    final = await get_confirmation(reputation, as_user(owner), session_id)
     assert_completed(final, session_id, owner, partner)
-    assert (await get_session(sessions, as_user, owner, session_id)).status == pb.SESSION_STATUS_COMPLETED
+    assert (await get(sessions, as_user(owner), session_id)).status == pb.SESSION_STATUS_COMPLETED
     for user in (owner, partner):
-        score = await score_of(reputation, as_user, user)
+        score = await get_reputation(reputation, as_user(new_id()), user)
         assert (score.score, score.confirmed_sessions) == (1, 1)
     assert await row_counts(db, session_id) == {
         "paired_sessions": 1,
@@ -226,42 +201,42 @@ async def test_confirming_twice_before_the_other_participant_keeps_one_confirmat
     sessions, reputation, as_user, db
 ):
     session_id, owner, partner = await paired(sessions, as_user)
-    first = await confirm(reputation, as_user, owner, session_id)
+    first = await confirm(reputation, as_user(owner), session_id)
 
-    again = await confirm(reputation, as_user, owner, session_id)
-    with_new_request_id = await confirm(reputation, as_user, owner, session_id, request_id=new_id())
+    again = await confirm(reputation, as_user(owner), session_id)
+    with_new_request_id = await confirm(reputation, as_user(owner), session_id, request_id=new_id())
 
     assert again == first
     assert with_new_request_id == first
     assert_first_confirmation(again, session_id, owner)
     assert await row_counts(db, session_id) == {**NOTHING, "paired_sessions": 1, "confirmations": 1}
-    assert (await get_session(sessions, as_user, owner, session_id)).status == pb.SESSION_STATUS_ACTIVE
+    assert (await get(sessions, as_user(owner), session_id)).status == pb.SESSION_STATUS_ACTIVE
     for user in (owner, partner):
-        assert (await score_of(reputation, as_user, user)).score == 0
+        assert (await get_reputation(reputation, as_user(new_id()), user)).score == 0
 
 
 async def test_confirming_again_after_completion_returns_the_same_state_and_awards_nothing_more(
     sessions, reputation, as_user, db
 ):
     session_id, owner, partner = await paired(sessions, as_user)
-    await confirm(reputation, as_user, owner, session_id)
-    completed = await confirm(reputation, as_user, partner, session_id)
+    await confirm(reputation, as_user(owner), session_id)
+    completed = await confirm(reputation, as_user(partner), session_id)
     before = await db_snapshot(db, session_id, [owner, partner])
-    completed_at = (await get_session(sessions, as_user, owner, session_id)).complete_time
+    completed_at = (await get(sessions, as_user(owner), session_id)).complete_time
 
     for _ in range(3):
         for caller in (owner, partner):
-            again = await confirm(reputation, as_user, caller, session_id)
+            again = await confirm(reputation, as_user(caller), session_id)
             assert again == completed
             assert_completed(again, session_id, owner, partner)
-        again = await confirm(reputation, as_user, partner, session_id, request_id=new_id())
+        again = await confirm(reputation, as_user(partner), session_id, request_id=new_id())
         assert again == completed
 
     for user in (owner, partner):
-        score = await score_of(reputation, as_user, user)
+        score = await get_reputation(reputation, as_user(new_id()), user)
         assert (score.score, score.confirmed_sessions) == (1, 1)
     assert await db_snapshot(db, session_id, [owner, partner]) == before
-    seen = await get_session(sessions, as_user, owner, session_id)
+    seen = await get(sessions, as_user(owner), session_id)
     assert seen.status == pb.SESSION_STATUS_COMPLETED
     assert seen.complete_time == completed_at
 
@@ -272,13 +247,13 @@ async def test_a_users_score_counts_each_completed_session(sessions, reputation,
     second, _, _ = await paired(sessions, as_user, owner=second_buddy, partner=user)
 
     for session_id, buddy in ((first, first_buddy), (second, second_buddy)):
-        await confirm(reputation, as_user, user, session_id)
-        await confirm(reputation, as_user, buddy, session_id)
+        await confirm(reputation, as_user(user), session_id)
+        await confirm(reputation, as_user(buddy), session_id)
 
-    score = await score_of(reputation, as_user, user)
+    score = await get_reputation(reputation, as_user(new_id()), user)
     assert (score.score, score.confirmed_sessions) == (2, 2)
     for buddy in (first_buddy, second_buddy):
-        assert (await score_of(reputation, as_user, buddy)).score == 1
+        assert (await get_reputation(reputation, as_user(new_id()), buddy)).score == 1
     events = await db.fetch("SELECT session_id FROM reputation.events WHERE user_id = $1", user)
     assert sorted(str(e["session_id"]) for e in events) == sorted([first, second])
 
@@ -290,8 +265,8 @@ async def test_the_same_request_id_twice_gives_the_same_answer(sessions, reputat
     session_id, owner, _ = await paired(sessions, as_user)
     request_id = new_id()
 
-    first = await confirm(reputation, as_user, owner, session_id, request_id)
-    second = await confirm(reputation, as_user, owner, session_id, request_id)
+    first = await confirm(reputation, as_user(owner), session_id, request_id)
+    second = await confirm(reputation, as_user(owner), session_id, request_id)
 
     assert second == first
     assert_first_confirmation(second, session_id, owner)
@@ -312,14 +287,14 @@ async def test_a_request_id_reused_with_another_session_answers_for_the_first_se
     first_id, _, _ = await paired(sessions, as_user, owner=user)
     other_id, _, _ = await paired(sessions, as_user, owner=user)
     request_id = new_id()
-    first = await confirm(reputation, as_user, user, first_id, request_id)
+    first = await confirm(reputation, as_user(user), first_id, request_id)
 
-    reused = await confirm(reputation, as_user, user, other_id, request_id)
+    reused = await confirm(reputation, as_user(user), other_id, request_id)
 
     assert reused == first
     assert reused.session_id == first_id
     assert await row_counts(db, other_id) == NOTHING
-    assert list((await get_confirmation(reputation, as_user, user, other_id)).confirmed_user_ids) == []
+    assert list((await get_confirmation(reputation, as_user(user), other_id)).confirmed_user_ids) == []
 
 
 async def test_a_request_id_reused_after_completion_with_another_session_still_answers_for_the_first(
@@ -328,10 +303,10 @@ async def test_a_request_id_reused_after_completion_with_another_session_still_a
     session_id, owner, partner = await paired(sessions, as_user)
     other_id, _, _ = await paired(sessions, as_user, owner=owner)
     request_id = new_id()
-    await confirm(reputation, as_user, owner, session_id, request_id)
-    completed = await confirm(reputation, as_user, partner, session_id)
+    await confirm(reputation, as_user(owner), session_id, request_id)
+    completed = await confirm(reputation, as_user(partner), session_id)
 
-    reused = await confirm(reputation, as_user, owner, other_id, request_id)
+    reused = await confirm(reputation, as_user(owner), other_id, request_id)
 
     assert reused == completed
     assert await row_counts(db, other_id) == NOTHING
@@ -344,11 +319,11 @@ async def test_a_request_id_first_sent_on_a_repeat_confirmation_answers_for_that
     with another session must still answer for `session_id` and record nothing elsewhere."""
     session_id, owner, _ = await paired(sessions, as_user)
     other_id, _, _ = await paired(sessions, as_user, owner=owner)
-    await confirm(reputation, as_user, owner, session_id)
+    await confirm(reputation, as_user(owner), session_id)
     request_id = new_id()
-    first = await confirm(reputation, as_user, owner, session_id, request_id)
+    first = await confirm(reputation, as_user(owner), session_id, request_id)
 
-    reused = await confirm(reputation, as_user, owner, other_id, request_id)
+    reused = await confirm(reputation, as_user(owner), other_id, request_id)
 
     assert reused == first
     assert await row_counts(db, other_id) == NOTHING
@@ -357,9 +332,9 @@ async def test_a_request_id_first_sent_on_a_repeat_confirmation_answers_for_that
 async def test_request_ids_belong_to_their_caller(sessions, reputation, as_user, db):
     session_id, owner, partner = await paired(sessions, as_user)
     request_id = new_id()
-    await confirm(reputation, as_user, owner, session_id, request_id)
+    await confirm(reputation, as_user(owner), session_id, request_id)
 
-    reply = await confirm(reputation, as_user, partner, session_id, request_id)
+    reply = await confirm(reputation, as_user(partner), session_id, request_id)
 
     assert reply.both_confirmed and reply.reputation_awarded
     stored = await db.fetch(
@@ -379,28 +354,28 @@ async def test_request_ids_belong_to_their_caller(sessions, reputation, as_user,
 async def test_a_non_participant_gets_session_not_found(sessions, reputation, as_user, db, confirmed_by):
     session_id, owner, partner = await paired(sessions, as_user)
     for caller in {"nobody": [], "owner": [owner], "both": [owner, partner]}[confirmed_by]:
-        await confirm(reputation, as_user, caller, session_id)
+        await confirm(reputation, as_user(caller), session_id)
     stranger = new_id()
     before = await db_snapshot(db, session_id, [owner, partner, stranger])
 
     for call in (
-        confirm(reputation, as_user, stranger, session_id),
-        confirm(reputation, as_user, stranger, session_id, request_id=new_id()),
-        get_confirmation(reputation, as_user, stranger, session_id),
+        confirm(reputation, as_user(stranger), session_id),
+        confirm(reputation, as_user(stranger), session_id, request_id=new_id()),
+        get_confirmation(reputation, as_user(stranger), session_id),
     ):
         error = await expect_reputation_error(call, grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
         assert error.metadata.get("session_id") == session_id
 
     assert await db_snapshot(db, session_id, [owner, partner, stranger]) == before
-    assert (await score_of(reputation, as_user, stranger)).score == 0
+    assert (await get_reputation(reputation, as_user(new_id()), stranger)).score == 0
 
 
 async def test_an_unknown_session_is_session_not_found(reputation, as_user, db):
     missing, caller = new_id(), new_id()
 
     for call in (
-        confirm(reputation, as_user, caller, missing),
-        get_confirmation(reputation, as_user, caller, missing),
+        confirm(reputation, as_user(caller), missing),
+        get_confirmation(reputation, as_user(caller), missing),
     ):
         error = await expect_reputation_error(call, grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND")
         assert error.metadata.get("session_id") == missing
@@ -412,10 +387,10 @@ async def test_non_participant_and_unknown_session_errors_look_the_same(sessions
     stranger, missing = new_id(), new_id()
 
     hidden = await expect_reputation_error(
-        confirm(reputation, as_user, stranger, session_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
+        confirm(reputation, as_user(stranger), session_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
     )
     absent = await expect_reputation_error(
-        confirm(reputation, as_user, stranger, missing), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
+        confirm(reputation, as_user(stranger), missing), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
     )
 
     assert hidden.message == absent.message
@@ -426,25 +401,25 @@ async def test_confirming_a_solo_session_is_not_a_paired_session_and_writes_noth
     sessions, reputation, as_user, db
 ):
     owner = new_id()
-    session_id = await solo(sessions, as_user, owner)
+    session_id = (await create(sessions, as_user(owner))).session_id
 
     for _ in range(2):
         await expect_reputation_error(
-            confirm(reputation, as_user, owner, session_id),
+            confirm(reputation, as_user(owner), session_id),
             grpc.StatusCode.FAILED_PRECONDITION,
             "NOT_A_PAIRED_SESSION",
         )
 
     assert await row_counts(db, session_id) == NOTHING
     assert await db.fetchval("SELECT count(*) FROM reputation.scores WHERE user_id = $1", owner) == 0
-    assert (await get_session(sessions, as_user, owner, session_id)).status == pb.SESSION_STATUS_ACTIVE
+    assert (await get(sessions, as_user(owner), session_id)).status == pb.SESSION_STATUS_ACTIVE
 
 
 async def test_confirming_a_solo_session_as_a_stranger_is_session_not_found(sessions, reputation, as_user):
-    session_id = await solo(sessions, as_user, new_id())
+    session_id = (await create(sessions, as_user(new_id()))).session_id
 
     await expect_reputation_error(
-        confirm(reputation, as_user, new_id(), session_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
+        confirm(reputation, as_user(new_id()), session_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
     )
 
 
@@ -459,14 +434,14 @@ async def test_confirming_a_session_completed_elsewhere_is_session_already_compl
     caller = owner if caller_role == "owner" else partner
 
     await expect_reputation_error(
-        confirm(reputation, as_user, caller, session_id),
+        confirm(reputation, as_user(caller), session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "SESSION_ALREADY_COMPLETED",
     )
 
     assert await row_counts(db, session_id) == NOTHING
     for user in (owner, partner):
-        assert (await score_of(reputation, as_user, user)).score == 0
+        assert (await get_reputation(reputation, as_user(new_id()), user)).score == 0
 
 
 def malformed_cases():
@@ -574,7 +549,7 @@ async def test_get_confirmation_follows_the_confirmations_and_changes_nothing(
     session_id, owner, partner = await paired(sessions, as_user)
 
     for caller in (owner, partner):
-        before = await get_confirmation(reputation, as_user, caller, session_id)
+        before = await get_confirmation(reputation, as_user(caller), session_id)
         assert before.session_id == session_id
         assert list(before.confirmed_user_ids) == []
         assert (before.both_confirmed, before.reputation_awarded, before.completion_pending) == (
@@ -585,31 +560,31 @@ async def test_get_confirmation_follows_the_confirmations_and_changes_nothing(
         assert before.session_status == pb.SESSION_STATUS_ACTIVE
     assert await row_counts(db, session_id) == NOTHING
 
-    first = await confirm(reputation, as_user, partner, session_id)
+    first = await confirm(reputation, as_user(partner), session_id)
     snapshot = await db_snapshot(db, session_id, [owner, partner])
     for caller in (owner, partner):
-        after_one = await get_confirmation(reputation, as_user, caller, session_id)
+        after_one = await get_confirmation(reputation, as_user(caller), session_id)
         assert after_one == first
         assert_first_confirmation(after_one, session_id, partner)
     assert await db_snapshot(db, session_id, [owner, partner]) == snapshot
-    assert (await get_session(sessions, as_user, owner, session_id)).status == pb.SESSION_STATUS_ACTIVE
+    assert (await get(sessions, as_user(owner), session_id)).status == pb.SESSION_STATUS_ACTIVE
 
-    completed = await confirm(reputation, as_user, owner, session_id)
+    completed = await confirm(reputation, as_user(owner), session_id)
     snapshot = await db_snapshot(db, session_id, [owner, partner])
     for caller in (owner, partner):
-        after_both = await get_confirmation(reputation, as_user, caller, session_id)
+        after_both = await get_confirmation(reputation, as_user(caller), session_id)
         assert after_both == completed
         assert_completed(after_both, session_id, owner, partner)
     assert await db_snapshot(db, session_id, [owner, partner]) == snapshot
     for user in (owner, partner):
-        assert (await score_of(reputation, as_user, user)).score == 1
+        assert (await get_reputation(reputation, as_user(new_id()), user)).score == 1
 
 
 async def test_get_confirmation_of_a_paused_session_reports_it_paused(sessions, reputation, as_user, db):
     session_id, owner, partner = await paired(sessions, as_user)
     await sessions.PauseSession(pb.PauseSessionRequest(session_id=session_id), metadata=as_user(owner))
 
-    reply = await get_confirmation(reputation, as_user, partner, session_id)
+    reply = await get_confirmation(reputation, as_user(partner), session_id)
 
     assert reply.session_status == pb.SESSION_STATUS_PAUSED
     assert list(reply.confirmed_user_ids) == []
@@ -618,10 +593,10 @@ async def test_get_confirmation_of_a_paused_session_reports_it_paused(sessions, 
 
 async def test_get_confirmation_of_a_solo_session_is_not_a_paired_session(sessions, reputation, as_user, db):
     owner = new_id()
-    session_id = await solo(sessions, as_user, owner)
+    session_id = (await create(sessions, as_user(owner))).session_id
 
     await expect_reputation_error(
-        get_confirmation(reputation, as_user, owner, session_id),
+        get_confirmation(reputation, as_user(owner), session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "NOT_A_PAIRED_SESSION",
     )

@@ -15,23 +15,11 @@ from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc
 
+from common.client import channel_options
 from reputation_service import api as reputation_api
 from tests.conftest import reputation_config_for, start_session_server, wait_serving
-from tests.helpers import new_id, user_metadata, wait_for
+from tests.helpers import confirm, create, new_id, session_statuses, user_metadata, wait_for
 from tests.servers import ServiceProcess
-
-
-async def _paired_session(sessions, md, buddy: str) -> str:
-    created = await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=buddy), metadata=md
-    )
-    return created.session_id
-
-
-async def _confirm(reputation, session_id: str, md) -> rpb.Confirmation:
-    return await reputation.ConfirmCompletion(
-        rpb.ConfirmCompletionRequest(session_id=session_id), metadata=md
-    )
 
 
 async def _scores(db, users: list[str]) -> dict[str, int]:
@@ -39,13 +27,6 @@ async def _scores(db, users: list[str]) -> dict[str, int]:
         "SELECT user_id::text, score FROM reputation.scores WHERE user_id = ANY($1::uuid[])", users
     )
     return {row["user_id"]: row["score"] for row in rows}
-
-
-async def _statuses(db, session_ids: list[str]) -> Counter[str]:
-    rows = await db.fetch(
-        "SELECT status FROM sessions.sessions WHERE session_id = ANY($1::uuid[])", session_ids
-    )
-    return Counter(row["status"] for row in rows)
 
 
 async def _undelivered(db, session_ids: list[str]) -> int:
@@ -56,17 +37,24 @@ async def _undelivered(db, session_ids: list[str]) -> int:
 
 
 async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_exactly_once(
-    sessions, reputation, as_user, db
+    sessions, reputation_server, as_user, db
 ):
     pairs = [(new_id(), new_id()) for _ in range(50)]
-    ids = await asyncio.gather(*(_paired_session(sessions, as_user(o), b) for o, b in pairs))
-    calls = [
-        _confirm(reputation, session_id, as_user(user))
-        for session_id, pair in zip(ids, pairs, strict=True)
-        for user in pair
-        for _ in range(3)
-    ]
-    replies = await asyncio.gather(*calls)
+    created = await asyncio.gather(*(create(sessions, as_user(o), partner=b) for o, b in pairs))
+    ids = [session.session_id for session in created]
+    # 300 calls at once on one connection: past its 100 streams the server refuses a stream, and
+    # the typed clients' retry policy (used here as an internal caller would) sends it again.
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{reputation_server.port}", options=channel_options()
+    ) as channel:
+        reputation = reputation_pb2_grpc.ReputationServiceStub(channel)
+        calls = [
+            confirm(reputation, as_user(user), session_id)
+            for session_id, pair in zip(ids, pairs, strict=True)
+            for user in pair
+            for _ in range(3)
+        ]
+        replies = await asyncio.gather(*calls)
 
     assert all(reply.session_id in ids for reply in replies)
     users = [user for pair in pairs for user in pair]
@@ -75,7 +63,7 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
         await db.fetchval("SELECT count(*) FROM reputation.events WHERE session_id = ANY($1::uuid[])", ids)
         == 100
     )
-    assert await _statuses(db, ids) == Counter({"completed": 50})
+    assert await session_statuses(db, ids) == Counter({"completed": 50})
     assert (
         await db.fetchval(
             "SELECT count(*) FROM reputation.outbox "
@@ -107,11 +95,11 @@ async def test_a_session_service_outage_delays_completion_but_loses_nothing(
         ):
             sessions = sessions_pb2_grpc.SessionServiceStub(session_channel)
             reputation = reputation_pb2_grpc.ReputationServiceStub(reputation_channel)
-            session_id = await _paired_session(sessions, owner_md, buddy)
-            await _confirm(reputation, session_id, owner_md)
+            session_id = (await create(sessions, owner_md, partner=buddy)).session_id
+            await confirm(reputation, owner_md, session_id)
 
             await session_app.stop(grace=0)
-            second = await _confirm(reputation, session_id, buddy_md)
+            second = await confirm(reputation, buddy_md, session_id)
             assert second.both_confirmed and second.reputation_awarded
             assert second.completion_pending
             assert second.session_status == pb.SESSION_STATUS_ACTIVE
@@ -122,7 +110,7 @@ async def test_a_session_service_outage_delays_completion_but_loses_nothing(
             session_app = await start_session_server(database_url, keys, f"127.0.0.1:{port}")
 
             async def completed() -> bool:
-                return await _statuses(db, [session_id]) == Counter({"completed": 1})
+                return await session_statuses(db, [session_id]) == Counter({"completed": 1})
 
             await wait_for(completed, within=20, what="the relay to complete the session")
             await wait_for(
@@ -151,6 +139,8 @@ def _reputation_env(database_url: str, keys, session_port: int, lease: float) ->
         "SESSION_SERVICE_TARGET": f"127.0.0.1:{session_port}",
         "RELAY_INTERVAL_SECONDS": "0.1",
         "OUTBOX_LEASE_SECONDS": str(lease),
+        # A lease must outlast the delivery attempt it covers (start-up refuses anything else).
+        "SESSION_SERVICE_TIMEOUT_SECONDS": str(lease * 0.8),
         "RELAY_MAX_BACKOFF_SECONDS": "0.5",
     }
 
@@ -167,8 +157,8 @@ async def test_a_reputation_process_killed_after_commit_and_before_delivery_is_f
         await wait_serving(first.target)
         async with grpc.aio.insecure_channel(first.target) as channel:
             reputation = reputation_pb2_grpc.ReputationServiceStub(channel)
-            session_id = await _paired_session(sessions, owner_md, buddy)
-            await _confirm(reputation, session_id, owner_md)
+            session_id = (await create(sessions, owner_md, partner=buddy)).session_id
+            await confirm(reputation, owner_md, session_id)
 
             # Hold the session's row so CompletePairedSession blocks: the award is committed
             # and the delivery is under way when the process dies.
@@ -176,7 +166,7 @@ async def test_a_reputation_process_killed_after_commit_and_before_delivery_is_f
                 await conn.execute(
                     "SELECT 1 FROM sessions.sessions WHERE session_id = $1 FOR UPDATE", session_id
                 )
-                confirming = asyncio.ensure_future(_confirm(reputation, session_id, buddy_md))
+                confirming = asyncio.ensure_future(confirm(reputation, buddy_md, session_id))
                 await wait_for(
                     lambda: _award_committed_and_delivery_blocked(db, session_id),
                     within=10,
@@ -195,7 +185,7 @@ async def test_a_reputation_process_killed_after_commit_and_before_delivery_is_f
         await wait_for(
             lambda: _nothing_undelivered(db, session_id), within=20, what="the restarted relay to deliver"
         )
-        assert await _statuses(db, [session_id]) == Counter({"completed": 1})
+        assert await session_statuses(db, [session_id]) == Counter({"completed": 1})
         assert await _scores(db, [owner, buddy]) == {owner: 1, buddy: 1}
         assert (
             await db.fetchval("SELECT count(*) FROM reputation.events WHERE session_id = $1", session_id) == 2
@@ -233,19 +223,20 @@ async def test_replicas_relaying_the_same_outbox_deliver_each_row_once(
         ):
             sessions = sessions_pb2_grpc.SessionServiceStub(session_channel)
             stubs = [reputation_pb2_grpc.ReputationServiceStub(c) for c in (channel_a, channel_b)]
-            ids = await asyncio.gather(
-                *(_paired_session(sessions, user_metadata(jwt_settings, o), b) for o, b in pairs)
+            created = await asyncio.gather(
+                *(create(sessions, user_metadata(jwt_settings, o), partner=b) for o, b in pairs)
             )
+            ids = [session.session_id for session in created]
             await asyncio.gather(
                 *(
-                    _confirm(stubs[0], s, user_metadata(jwt_settings, o))
+                    confirm(stubs[0], user_metadata(jwt_settings, o), s)
                     for s, (o, _) in zip(ids, pairs, strict=True)
                 )
             )
             await session_app.stop(grace=0)
             pending = await asyncio.gather(
                 *(
-                    _confirm(stubs[i % 2], s, user_metadata(jwt_settings, b))
+                    confirm(stubs[i % 2], user_metadata(jwt_settings, b), s)
                     for i, (s, (_, b)) in enumerate(zip(ids, pairs, strict=True))
                 )
             )
@@ -256,7 +247,7 @@ async def test_replicas_relaying_the_same_outbox_deliver_each_row_once(
                 return await _undelivered(db, ids) == 0
 
             await wait_for(all_delivered, within=30, what="both relays to drain the outbox")
-        assert await _statuses(db, ids) == Counter({"completed": 20})
+        assert await session_statuses(db, ids) == Counter({"completed": 20})
         users = [user for pair in pairs for user in pair]
         assert await _scores(db, users) == dict.fromkeys(users, 1)
         for replica in replicas:  # a graceful stop also drains each replica's log

@@ -8,12 +8,11 @@ import jwt
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from common.auth import mint
 from common.config import PLAINTEXT, ServiceSigning
 from common.devcerts import write_private
 from reputation_service import domain
 from reputation_service.sessions_client import SessionsClient
-from tests.helpers import expect_error, new_id, new_private_key, private_pem
+from tests.helpers import create, expect_error, new_id, new_private_key, private_pem, user_metadata
 
 SESSIONS_DOMAIN = "interview.sessions"
 
@@ -21,16 +20,6 @@ SESSIONS_DOMAIN = "interview.sessions"
 def trusted_key(jwks_file: str, kid: str):
     """The public key the session service trusts under `kid`."""
     return jwt.PyJWKSet.from_json(Path(jwks_file).read_text())[kid].key
-
-
-def user_token(settings, user_id, roles=None):
-    return (("authorization", "Bearer " + mint(settings, settings.key, user_id, 300, roles)),)
-
-
-async def create_paired(sessions, as_user, owner, partner):
-    return await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=partner), metadata=as_user(owner)
-    )
 
 
 INTERNAL_CALLS = {
@@ -48,11 +37,11 @@ async def test_a_user_token_cannot_call_the_internal_service_even_claiming_the_r
     sessions, internal, as_user, jwt_settings, db, rpc, roles
 ):
     owner, partner = new_id(), new_id()
-    created = await create_paired(sessions, as_user, owner, partner)
+    created = await create(sessions, as_user(owner), partner=partner)
 
     error = await expect_error(
         getattr(internal, rpc)(
-            INTERNAL_CALLS[rpc](created.session_id), metadata=user_token(jwt_settings, owner, roles)
+            INTERNAL_CALLS[rpc](created.session_id), metadata=user_metadata(jwt_settings, owner, roles=roles)
         ),
         grpc.StatusCode.PERMISSION_DENIED,
         "PERMISSION_DENIED",
@@ -97,7 +86,7 @@ async def test_the_reputation_services_token_is_a_short_lived_internal_service_t
 
 async def test_the_reputation_services_client_can_look_up_any_session(sessions_client, sessions, as_user):
     owner, partner = new_id(), new_id()
-    created = await create_paired(sessions, as_user, owner, partner)
+    created = await create(sessions, as_user(owner), partner=partner)
 
     found = await sessions_client.lookup(created.session_id)
 
@@ -121,7 +110,7 @@ async def test_a_client_signing_with_a_key_the_session_service_does_not_trust_is
     session_server, sessions, as_user, db, tmp_path, kid
 ):
     owner, partner = new_id(), new_id()
-    created = await create_paired(sessions, as_user, owner, partner)
+    created = await create(sessions, as_user(owner), partner=partner)
     write_private(tmp_path / "other.pem", private_pem(new_private_key()))
     other = ServiceSigning(key_file=str(tmp_path / "other.pem"), key_id=kid)
     client = SessionsClient(f"127.0.0.1:{session_server.port}", other, PLAINTEXT, 2.0)

@@ -8,12 +8,7 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id
-
-
-async def create(sessions, md, partner: str = "", job_posting_id: str = "") -> pb.Session:
-    request = pb.CreateSessionRequest(job_posting_id=job_posting_id or new_id(), partner_user_id=partner)
-    return await sessions.CreateSession(request, metadata=md)
+from tests.helpers import create, expect_error, new_id
 
 
 async def lookup(internal, as_service, session_id: str) -> pb.Session:
@@ -47,7 +42,7 @@ async def test_lookup_returns_any_session_whoever_participates(
 ):
     owner = new_id()
     partner = new_id() if paired else ""
-    created = await create(sessions, as_user(owner), partner)
+    created = await create(sessions, as_user(owner), partner=partner)
     await sessions.AppendMessage(
         pb.AppendMessageRequest(session_id=created.session_id, role=pb.MESSAGE_ROLE_QUESTION, content="q"),
         metadata=as_user(owner),
@@ -104,7 +99,7 @@ async def test_complete_paired_completes_an_active_or_paused_paired_session(
     sessions, internal, as_user, as_service, db, paused
 ):
     owner, partner = new_id(), new_id()
-    created = await create(sessions, as_user(owner), partner)
+    created = await create(sessions, as_user(owner), partner=partner)
     if paused:
         await sessions.PauseSession(
             pb.PauseSessionRequest(session_id=created.session_id), metadata=as_user(partner)
@@ -141,7 +136,7 @@ async def test_complete_paired_completes_an_active_or_paused_paired_session(
 
 
 async def test_complete_paired_again_returns_the_session_unchanged(sessions, internal, as_user, as_service):
-    created = await create(sessions, as_user(new_id()), new_id())
+    created = await create(sessions, as_user(new_id()), partner=new_id())
     first = await complete_paired(internal, as_service, created.session_id)
 
     again = await complete_paired(internal, as_service, created.session_id)
@@ -194,7 +189,7 @@ async def test_complete_paired_with_a_malformed_id_is_an_invalid_argument(intern
 async def test_ten_concurrent_complete_paired_calls_all_succeed_with_one_completion(
     sessions, internal, as_user, as_service
 ):
-    created = await create(sessions, as_user(new_id()), new_id())
+    created = await create(sessions, as_user(new_id()), partner=new_id())
 
     results = await asyncio.gather(
         *(complete_paired(internal, as_service, created.session_id) for _ in range(10)),

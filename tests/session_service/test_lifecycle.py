@@ -1,50 +1,29 @@
 """Session lifecycle through the public API: create, read, pause, resume, complete, and their races."""
 
 import asyncio
-from datetime import UTC
 
 import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id, rich_error
+from tests.helpers import (
+    append,
+    complete,
+    create,
+    expect_error,
+    list_sessions,
+    new_id,
+    pause,
+    resume,
+    rich_error,
+    stamp,
+)
 
 DOMAIN = "interview.sessions"
 
 
-async def create(sessions, as_user, owner, partner="", request_id="", job_posting_id=None):
-    return await sessions.CreateSession(
-        pb.CreateSessionRequest(
-            job_posting_id=job_posting_id or new_id(), partner_user_id=partner, request_id=request_id
-        ),
-        metadata=as_user(owner),
-    )
-
-
-async def pause(sessions, as_user, caller, session_id):
-    return await sessions.PauseSession(
-        pb.PauseSessionRequest(session_id=session_id), metadata=as_user(caller)
-    )
-
-
-async def resume(sessions, as_user, caller, session_id):
-    return await sessions.ResumeSession(
-        pb.ResumeSessionRequest(session_id=session_id), metadata=as_user(caller)
-    )
-
-
-async def complete(sessions, as_user, caller, session_id):
-    return await sessions.CompleteSession(
-        pb.CompleteSessionRequest(session_id=session_id), metadata=as_user(caller)
-    )
-
-
 async def db_row(db, session_id):
     return await db.fetchrow("SELECT * FROM sessions.sessions WHERE session_id = $1", session_id)
-
-
-def stamp(ts):
-    return ts.ToDatetime(tzinfo=UTC)
 
 
 # --- CreateSession and GetSession ---------------------------------------------------------------
@@ -52,7 +31,7 @@ def stamp(ts):
 
 async def test_creating_a_solo_session_starts_it_active_at_question_zero(sessions, as_user, db):
     owner, posting = new_id(), new_id()
-    created = await create(sessions, as_user, owner, job_posting_id=posting)
+    created = await create(sessions, as_user(owner), job_posting_id=posting)
 
     assert created.session_id
     assert created.user_id == owner
@@ -81,7 +60,7 @@ async def test_creating_a_solo_session_starts_it_active_at_question_zero(session
 
 async def test_creating_a_paired_session_records_the_partner(sessions, as_user, db):
     owner, partner = new_id(), new_id()
-    created = await create(sessions, as_user, owner, partner=partner)
+    created = await create(sessions, as_user(owner), partner=partner)
 
     assert created.user_id == owner
     assert created.partner_user_id == partner
@@ -96,7 +75,7 @@ async def test_creating_a_paired_session_records_the_partner(sessions, as_user, 
 
 async def test_the_owner_and_the_partner_can_both_get_a_paired_session(sessions, as_user):
     owner, partner = new_id(), new_id()
-    created = await create(sessions, as_user, owner, partner=partner)
+    created = await create(sessions, as_user(owner), partner=partner)
 
     for caller in (owner, partner):
         got = await sessions.GetSession(
@@ -107,7 +86,7 @@ async def test_the_owner_and_the_partner_can_both_get_a_paired_session(sessions,
 
 async def test_the_owner_can_get_a_solo_session(sessions, as_user):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     got = await sessions.GetSession(
         pb.GetSessionRequest(session_id=created.session_id), metadata=as_user(owner)
     )
@@ -116,8 +95,8 @@ async def test_the_owner_can_get_a_solo_session(sessions, as_user):
 
 async def test_the_same_request_id_sent_twice_returns_one_session(sessions, as_user, db):
     owner, request_id, posting = new_id(), new_id(), new_id()
-    first = await create(sessions, as_user, owner, request_id=request_id, job_posting_id=posting)
-    second = await create(sessions, as_user, owner, request_id=request_id, job_posting_id=posting)
+    first = await create(sessions, as_user(owner), request_id=request_id, job_posting_id=posting)
+    second = await create(sessions, as_user(owner), request_id=request_id, job_posting_id=posting)
 
     assert second == first
     assert await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE user_id = $1", owner) == 1
@@ -134,7 +113,7 @@ async def test_the_same_request_id_sent_concurrently_returns_one_session(session
     owner, request_id, posting = new_id(), new_id(), new_id()
     results = await asyncio.gather(
         *(
-            create(sessions, as_user, owner, request_id=request_id, job_posting_id=posting)
+            create(sessions, as_user(owner), request_id=request_id, job_posting_id=posting)
             for _ in range(copies)
         )
     )
@@ -146,8 +125,8 @@ async def test_the_same_request_id_sent_concurrently_returns_one_session(session
 
 async def test_a_repeated_request_id_with_other_fields_returns_the_first_result(sessions, as_user, db):
     owner, request_id, posting = new_id(), new_id(), new_id()
-    first = await create(sessions, as_user, owner, request_id=request_id, job_posting_id=posting)
-    second = await create(sessions, as_user, owner, partner=new_id(), request_id=request_id)
+    first = await create(sessions, as_user(owner), request_id=request_id, job_posting_id=posting)
+    second = await create(sessions, as_user(owner), partner=new_id(), request_id=request_id)
 
     assert second == first
     assert second.job_posting_id == posting
@@ -158,8 +137,8 @@ async def test_a_repeated_request_id_with_other_fields_returns_the_first_result(
 async def test_the_same_request_id_from_two_users_makes_two_sessions(sessions, as_user):
     request_id = new_id()
     alice, bob = new_id(), new_id()
-    a = await create(sessions, as_user, alice, request_id=request_id)
-    b = await create(sessions, as_user, bob, request_id=request_id)
+    a = await create(sessions, as_user(alice), request_id=request_id)
+    b = await create(sessions, as_user(bob), request_id=request_id)
     assert a.session_id != b.session_id
     assert (a.user_id, b.user_id) == (alice, bob)
 
@@ -169,8 +148,8 @@ async def test_the_same_request_id_from_two_users_makes_two_sessions(sessions, a
 
 async def test_pausing_an_active_session_pauses_it(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    paused = await pause(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    paused = await pause(sessions, as_user(owner), created.session_id)
 
     assert paused.status == pb.SESSION_STATUS_PAUSED
     assert not paused.HasField("complete_time")
@@ -183,9 +162,9 @@ async def test_pausing_an_active_session_pauses_it(sessions, as_user, db):
 
 async def test_resuming_a_paused_session_makes_it_active_again(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    paused = await pause(sessions, as_user, owner, created.session_id)
-    resumed = await resume(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    paused = await pause(sessions, as_user(owner), created.session_id)
+    resumed = await resume(sessions, as_user(owner), created.session_id)
 
     assert resumed.status == pb.SESSION_STATUS_ACTIVE
     assert stamp(resumed.update_time) > stamp(paused.update_time)
@@ -194,8 +173,8 @@ async def test_resuming_a_paused_session_makes_it_active_again(sessions, as_user
 
 async def test_completing_an_active_session_completes_it(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    done = await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    done = await complete(sessions, as_user(owner), created.session_id)
 
     assert done.status == pb.SESSION_STATUS_COMPLETED
     assert done.HasField("complete_time")
@@ -210,9 +189,9 @@ async def test_completing_an_active_session_completes_it(sessions, as_user, db):
 
 async def test_completing_a_paused_session_completes_it(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    paused = await pause(sessions, as_user, owner, created.session_id)
-    done = await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    paused = await pause(sessions, as_user(owner), created.session_id)
+    done = await complete(sessions, as_user(owner), created.session_id)
 
     assert done.status == pb.SESSION_STATUS_COMPLETED
     assert done.HasField("complete_time")
@@ -224,13 +203,13 @@ async def test_completing_a_paused_session_completes_it(sessions, as_user, db):
 
 async def test_the_partner_can_pause_and_resume_a_paired_session(sessions, as_user, db):
     owner, partner = new_id(), new_id()
-    created = await create(sessions, as_user, owner, partner=partner)
+    created = await create(sessions, as_user(owner), partner=partner)
 
-    paused = await pause(sessions, as_user, partner, created.session_id)
+    paused = await pause(sessions, as_user(partner), created.session_id)
     assert paused.status == pb.SESSION_STATUS_PAUSED
     assert (await db_row(db, created.session_id))["status"] == "paused"
 
-    resumed = await resume(sessions, as_user, partner, created.session_id)
+    resumed = await resume(sessions, as_user(partner), created.session_id)
     assert resumed.status == pb.SESSION_STATUS_ACTIVE
     assert resumed.user_id == owner
     assert resumed.partner_user_id == partner
@@ -239,9 +218,9 @@ async def test_the_partner_can_pause_and_resume_a_paired_session(sessions, as_us
 
 async def test_the_owner_can_pause_and_resume_a_paired_session(sessions, as_user):
     owner, partner = new_id(), new_id()
-    created = await create(sessions, as_user, owner, partner=partner)
-    assert (await pause(sessions, as_user, owner, created.session_id)).status == pb.SESSION_STATUS_PAUSED
-    assert (await resume(sessions, as_user, owner, created.session_id)).status == pb.SESSION_STATUS_ACTIVE
+    created = await create(sessions, as_user(owner), partner=partner)
+    assert (await pause(sessions, as_user(owner), created.session_id)).status == pb.SESSION_STATUS_PAUSED
+    assert (await resume(sessions, as_user(owner), created.session_id)).status == pb.SESSION_STATUS_ACTIVE
 
 
 # --- Refused transitions ------------------------------------------------------------------------
@@ -249,11 +228,11 @@ async def test_the_owner_can_pause_and_resume_a_paired_session(sessions, as_user
 
 async def test_pausing_a_paused_session_is_refused_as_not_active(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    paused = await pause(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    paused = await pause(sessions, as_user(owner), created.session_id)
 
     error = await expect_error(
-        pause(sessions, as_user, owner, created.session_id),
+        pause(sessions, as_user(owner), created.session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "SESSION_NOT_ACTIVE",
     )
@@ -266,10 +245,10 @@ async def test_pausing_a_paused_session_is_refused_as_not_active(sessions, as_us
 
 async def test_resuming_an_active_session_is_refused_as_not_paused(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
 
     error = await expect_error(
-        resume(sessions, as_user, owner, created.session_id),
+        resume(sessions, as_user(owner), created.session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "SESSION_NOT_PAUSED",
     )
@@ -284,11 +263,11 @@ async def test_any_transition_on_a_completed_session_is_refused_as_already_compl
     sessions, as_user, db, action
 ):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    done = await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    done = await complete(sessions, as_user(owner), created.session_id)
 
     error = await expect_error(
-        action(sessions, as_user, owner, created.session_id),
+        action(sessions, as_user(owner), created.session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "SESSION_ALREADY_COMPLETED",
     )
@@ -305,13 +284,13 @@ async def test_completing_a_paired_session_requires_mutual_confirmation(
     sessions, as_user, db, who, paused_first
 ):
     owner, partner = new_id(), new_id()
-    created = await create(sessions, as_user, owner, partner=partner)
+    created = await create(sessions, as_user(owner), partner=partner)
     if paused_first:
-        await pause(sessions, as_user, owner, created.session_id)
+        await pause(sessions, as_user(owner), created.session_id)
     before = await db_row(db, created.session_id)
 
     error = await expect_error(
-        complete(sessions, as_user, owner if who == "owner" else partner, created.session_id),
+        complete(sessions, as_user(owner if who == "owner" else partner), created.session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "MUTUAL_CONFIRMATION_REQUIRED",
     )
@@ -324,19 +303,19 @@ async def test_completing_a_paired_session_requires_mutual_confirmation(
 @pytest.mark.parametrize("action", [complete, pause, resume], ids=["complete", "pause", "resume"])
 async def test_a_transition_on_another_users_session_looks_like_a_missing_one(sessions, as_user, db, action):
     owner, stranger = new_id(), new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     if action is resume:
-        await pause(sessions, as_user, owner, created.session_id)
+        await pause(sessions, as_user(owner), created.session_id)
     before = await db_row(db, created.session_id)
     missing_id = new_id()
 
     theirs = await expect_error(
-        action(sessions, as_user, stranger, created.session_id),
+        action(sessions, as_user(stranger), created.session_id),
         grpc.StatusCode.NOT_FOUND,
         "SESSION_NOT_FOUND",
     )
     missing = await expect_error(
-        action(sessions, as_user, stranger, missing_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
+        action(sessions, as_user(stranger), missing_id), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
     )
 
     assert theirs.domain == missing.domain == DOMAIN
@@ -352,43 +331,43 @@ async def test_a_transition_on_another_users_session_looks_like_a_missing_one(se
 
 async def test_seed_completing_an_active_session_updates_its_status(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    done = await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    done = await complete(sessions, as_user(owner), created.session_id)
     assert done.status == pb.SESSION_STATUS_COMPLETED
     assert (await db_row(db, created.session_id))["status"] == "completed"
 
 
 async def test_seed_completing_a_paused_session_updates_its_status(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    await pause(sessions, as_user, owner, created.session_id)
-    done = await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    await pause(sessions, as_user(owner), created.session_id)
+    done = await complete(sessions, as_user(owner), created.session_id)
     assert done.status == pb.SESSION_STATUS_COMPLETED
     assert (await db_row(db, created.session_id))["status"] == "completed"
 
 
 async def test_seed_an_already_completed_session_cannot_be_completed_again(sessions, as_user):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    await complete(sessions, as_user(owner), created.session_id)
     error = await expect_error(
-        complete(sessions, as_user, owner, created.session_id),
+        complete(sessions, as_user(owner), created.session_id),
         grpc.StatusCode.FAILED_PRECONDITION,
         "SESSION_ALREADY_COMPLETED",
     )
     assert error.domain == DOMAIN
 
 
-async def list_ids(sessions, as_user, caller, status):
-    reply = await sessions.ListSessions(pb.ListSessionsRequest(status=status), metadata=as_user(caller))
+async def list_ids(sessions, md, status):
+    reply = await list_sessions(sessions, md, status=status)
     return [s.session_id for s in reply.sessions]
 
 
 async def test_seed_a_completed_session_appears_in_the_completed_list(sessions, as_user):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    still_active = await create(sessions, as_user, owner)
-    done = await complete(sessions, as_user, owner, created.session_id)
+    created = await create(sessions, as_user(owner))
+    still_active = await create(sessions, as_user(owner))
+    done = await complete(sessions, as_user(owner), created.session_id)
 
     completed = await sessions.ListSessions(
         pb.ListSessionsRequest(status=pb.SESSION_STATUS_COMPLETED), metadata=as_user(owner)
@@ -399,33 +378,27 @@ async def test_seed_a_completed_session_appears_in_the_completed_list(sessions, 
 
 async def test_seed_a_completed_session_is_not_in_the_active_list(sessions, as_user):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
-    still_active = await create(sessions, as_user, owner)
-    assert created.session_id in await list_ids(sessions, as_user, owner, pb.SESSION_STATUS_ACTIVE)
+    created = await create(sessions, as_user(owner))
+    still_active = await create(sessions, as_user(owner))
+    assert created.session_id in await list_ids(sessions, as_user(owner), pb.SESSION_STATUS_ACTIVE)
 
-    await complete(sessions, as_user, owner, created.session_id)
+    await complete(sessions, as_user(owner), created.session_id)
 
-    assert await list_ids(sessions, as_user, owner, pb.SESSION_STATUS_ACTIVE) == [still_active.session_id]
-    assert await list_ids(sessions, as_user, owner, pb.SESSION_STATUS_PAUSED) == []
-    everything = await list_ids(sessions, as_user, owner, pb.SESSION_STATUS_UNSPECIFIED)
+    assert await list_ids(sessions, as_user(owner), pb.SESSION_STATUS_ACTIVE) == [still_active.session_id]
+    assert await list_ids(sessions, as_user(owner), pb.SESSION_STATUS_PAUSED) == []
+    everything = await list_ids(sessions, as_user(owner), pb.SESSION_STATUS_UNSPECIFIED)
     assert sorted(everything) == sorted([created.session_id, still_active.session_id])
-
-
-async def append(sessions, as_user, caller, session_id, role, content):
-    return await sessions.AppendMessage(
-        pb.AppendMessageRequest(session_id=session_id, role=role, content=content), metadata=as_user(caller)
-    )
 
 
 async def test_seed_completing_a_session_preserves_its_messages(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     sid = created.session_id
     appended = [
-        await append(sessions, as_user, owner, sid, pb.MESSAGE_ROLE_QUESTION, "Tell me about yourself."),
-        await append(sessions, as_user, owner, sid, pb.MESSAGE_ROLE_ANSWER, "I build services. 😀"),
-        await append(sessions, as_user, owner, sid, pb.MESSAGE_ROLE_QUESTION, "Why this job?"),
-        await append(sessions, as_user, owner, sid, pb.MESSAGE_ROLE_ANSWER, "Line one\nline two\ttab"),
+        await append(sessions, as_user(owner), sid, pb.MESSAGE_ROLE_QUESTION, "Tell me about yourself."),
+        await append(sessions, as_user(owner), sid, pb.MESSAGE_ROLE_ANSWER, "I build services. 😀"),
+        await append(sessions, as_user(owner), sid, pb.MESSAGE_ROLE_QUESTION, "Why this job?"),
+        await append(sessions, as_user(owner), sid, pb.MESSAGE_ROLE_ANSWER, "Line one\nline two\ttab"),
     ]
     list_request = pb.ListMessagesRequest(session_id=sid)
     before = await sessions.ListMessages(list_request, metadata=as_user(owner))
@@ -433,7 +406,7 @@ async def test_seed_completing_a_session_preserves_its_messages(sessions, as_use
     assert list(before.messages) == appended
     assert [m.question_number for m in before.messages] == [1, 1, 2, 2]
 
-    done = await complete(sessions, as_user, owner, sid)
+    done = await complete(sessions, as_user(owner), sid)
     assert done.current_question_number == 2
 
     after = await sessions.ListMessages(list_request, metadata=as_user(owner))
@@ -447,14 +420,14 @@ async def test_seed_completing_a_session_preserves_its_messages(sessions, as_use
 
 async def test_seed_a_completed_session_and_its_messages_can_still_be_read(sessions, as_user):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     sid = created.session_id
-    await append(sessions, as_user, owner, sid, pb.MESSAGE_ROLE_QUESTION, "What is a B-tree?")
-    await append(sessions, as_user, owner, sid, pb.MESSAGE_ROLE_ANSWER, "A balanced search tree.")
+    await append(sessions, as_user(owner), sid, pb.MESSAGE_ROLE_QUESTION, "What is a B-tree?")
+    await append(sessions, as_user(owner), sid, pb.MESSAGE_ROLE_ANSWER, "A balanced search tree.")
     got = await sessions.GetSession(pb.GetSessionRequest(session_id=sid), metadata=as_user(owner))
     assert got.status == pb.SESSION_STATUS_ACTIVE
 
-    done = await complete(sessions, as_user, owner, sid)
+    done = await complete(sessions, as_user(owner), sid)
     assert done.status == pb.SESSION_STATUS_COMPLETED
 
     got = await sessions.GetSession(pb.GetSessionRequest(session_id=sid), metadata=as_user(owner))
@@ -466,7 +439,7 @@ async def test_seed_a_completed_session_and_its_messages_can_still_be_read(sessi
 async def test_seed_completing_a_session_that_does_not_exist_is_not_found(sessions, as_user):
     missing = new_id()
     error = await expect_error(
-        complete(sessions, as_user, new_id(), missing), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
+        complete(sessions, as_user(new_id()), missing), grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND"
     )
     assert error.domain == DOMAIN
     assert error.metadata == {"session_id": missing}
@@ -474,7 +447,7 @@ async def test_seed_completing_a_session_that_does_not_exist_is_not_found(sessio
 
 async def test_seed_completing_a_session_without_a_token_is_unauthenticated(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     error = await expect_error(
         sessions.CompleteSession(pb.CompleteSessionRequest(session_id=created.session_id)),
         grpc.StatusCode.UNAUTHENTICATED,
@@ -499,12 +472,12 @@ def outcomes(results):
 @pytest.mark.parametrize("paused_first", [False, True], ids=["active", "paused"])
 async def test_twenty_concurrent_completes_let_exactly_one_win(sessions, as_user, db, paused_first):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     if paused_first:
-        await pause(sessions, as_user, owner, created.session_id)
+        await pause(sessions, as_user(owner), created.session_id)
 
     results = await asyncio.gather(
-        *(complete(sessions, as_user, owner, created.session_id) for _ in range(20)), return_exceptions=True
+        *(complete(sessions, as_user(owner), created.session_id) for _ in range(20)), return_exceptions=True
     )
     ok, errors = outcomes(results)
 
@@ -523,10 +496,10 @@ async def test_twenty_concurrent_completes_let_exactly_one_win(sessions, as_user
 
 async def test_ten_concurrent_pauses_let_exactly_one_win(sessions, as_user, db):
     owner = new_id()
-    created = await create(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
 
     results = await asyncio.gather(
-        *(pause(sessions, as_user, owner, created.session_id) for _ in range(10)), return_exceptions=True
+        *(pause(sessions, as_user(owner), created.session_id) for _ in range(10)), return_exceptions=True
     )
     ok, errors = outcomes(results)
 

@@ -9,40 +9,17 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id
+from tests.helpers import create, expect_error, list_sessions, new_id, walk
 
 CHUNK = 40
-
-
-async def create(sessions, md, partner: str = "") -> pb.Session:
-    request = pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=partner)
-    return await sessions.CreateSession(request, metadata=md)
 
 
 async def create_many(sessions, md, count: int, partner: str = "") -> list[pb.Session]:
     created: list[pb.Session] = []
     for start in range(0, count, CHUNK):
         size = min(CHUNK, count - start)
-        created += await asyncio.gather(*(create(sessions, md, partner) for _ in range(size)))
+        created += await asyncio.gather(*(create(sessions, md, partner=partner) for _ in range(size)))
     return created
-
-
-async def list_page(
-    sessions, md, page_size: int = 0, page_token: str = "", status=pb.SESSION_STATUS_UNSPECIFIED
-):
-    request = pb.ListSessionsRequest(status=status, page_size=page_size, page_token=page_token)
-    return await sessions.ListSessions(request, metadata=md)
-
-
-async def walk(sessions, md, page_size: int = 0, status=pb.SESSION_STATUS_UNSPECIFIED):
-    pages, token = [], ""
-    while True:
-        page = await list_page(sessions, md, page_size, token, status)
-        pages.append(page)
-        token = page.next_page_token
-        if not token:
-            return pages
-        assert len(pages) < 100, "pagination does not end"
 
 
 def sort_key(session: pb.Session) -> tuple[int, str]:
@@ -62,7 +39,7 @@ async def test_walking_all_pages_returns_every_session_once_newest_first(session
         create_many(sessions, as_user(user), 120), create_many(sessions, as_user(other), 15)
     )
 
-    pages = await walk(sessions, as_user(user), 50)
+    pages = await walk(list_sessions, sessions, as_user(user), page_size=50)
 
     assert [len(p.sessions) for p in pages] == [50, 50, 20]
     assert [bool(p.next_page_token) for p in pages] == [True, True, False]
@@ -83,15 +60,17 @@ async def test_sessions_where_the_caller_is_the_partner_are_listed_and_others_ne
     buddy_solo = await create_many(sessions, as_user(buddy), 2)
     stranger_with_buddy = await create(sessions, as_user(stranger), partner=buddy)
 
-    listed = [s for p in await walk(sessions, as_user(user), 2) for s in p.sessions]
+    listed = [s for p in await walk(list_sessions, sessions, as_user(user), page_size=2) for s in p.sessions]
 
     assert {s.session_id for s in listed} == {s.session_id for s in owned + partnered}
     assert len(listed) == 7
     assert_newest_first(listed)
     assert all(user in (s.user_id, s.partner_user_id) for s in listed)
-    buddy_listed = {s.session_id for p in await walk(sessions, as_user(buddy)) for s in p.sessions}
+    buddy_listed = {
+        s.session_id for p in await walk(list_sessions, sessions, as_user(buddy)) for s in p.sessions
+    }
     assert buddy_listed == {s.session_id for s in partnered + buddy_solo + [stranger_with_buddy]}
-    nobody = await list_page(sessions, as_user(new_id()))
+    nobody = await list_sessions(sessions, as_user(new_id()))
     assert list(nobody.sessions) == [] and nobody.next_page_token == ""
 
 
@@ -99,10 +78,14 @@ async def test_sessions_created_between_pages_do_not_shift_the_next_page(session
     user = new_id()
     md = as_user(user)
     created = await create_many(sessions, md, 10)
-    first = await list_page(sessions, md, 4)
+    first = await list_sessions(sessions, md, 4)
 
     newer = await create_many(sessions, md, 5)
-    rest = [s for p in await walk_from(sessions, md, 4, first.next_page_token) for s in p.sessions]
+    rest = [
+        s
+        for p in await walk(list_sessions, sessions, md, page_size=4, page_token=first.next_page_token)
+        for s in p.sessions
+    ]
 
     seen = [s.session_id for s in list(first.sessions) + rest]
     assert len(seen) == len(set(seen)) == 10
@@ -110,24 +93,15 @@ async def test_sessions_created_between_pages_do_not_shift_the_next_page(session
     assert not set(seen) & {s.session_id for s in newer}
 
 
-async def walk_from(sessions, md, page_size: int, token: str):
-    pages = []
-    while token:
-        page = await list_page(sessions, md, page_size, token)
-        pages.append(page)
-        token = page.next_page_token
-    return pages
-
-
 async def test_page_size_zero_means_fifty_and_above_two_hundred_means_two_hundred(sessions, as_user):
     user = new_id()
     md = as_user(user)
     created = await create_many(sessions, md, 205)
 
-    default = await list_page(sessions, md, 0)
-    capped = await list_page(sessions, md, 500)
-    tail = await list_page(sessions, md, 500, capped.next_page_token)
-    exact = await list_page(sessions, md, 200)
+    default = await list_sessions(sessions, md, 0)
+    capped = await list_sessions(sessions, md, 500)
+    tail = await list_sessions(sessions, md, 500, capped.next_page_token)
+    exact = await list_sessions(sessions, md, 200)
 
     assert len(default.sessions) == 50 and default.next_page_token
     assert len(capped.sessions) == 200 and capped.next_page_token
@@ -142,7 +116,7 @@ async def test_page_size_zero_means_fifty_and_above_two_hundred_means_two_hundre
 @pytest.mark.parametrize("page_size", [-1, -50, -(2**31)])
 async def test_a_negative_page_size_is_an_invalid_argument(sessions, as_user, page_size):
     error = await expect_error(
-        list_page(sessions, as_user(new_id()), page_size),
+        list_sessions(sessions, as_user(new_id()), page_size),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
@@ -188,7 +162,9 @@ async def test_the_status_filter_lists_only_sessions_in_that_status(sessions, as
         set().union(*by_status.values()) if status == pb.SESSION_STATUS_UNSPECIFIED else by_status[status]
     )
 
-    listed = [s for p in await walk(sessions, md, 1, status) for s in p.sessions]
+    listed = [
+        s for p in await walk(list_sessions, sessions, md, page_size=1, status=status) for s in p.sessions
+    ]
 
     assert {s.session_id for s in listed} == expected
     assert len(listed) == len(expected)
@@ -199,7 +175,7 @@ async def test_the_status_filter_lists_only_sessions_in_that_status(sessions, as
 
 async def test_an_unknown_status_is_an_invalid_argument(sessions, as_user):
     error = await expect_error(
-        list_page(sessions, as_user(new_id()), status=42),
+        list_sessions(sessions, as_user(new_id()), status=42),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
@@ -222,9 +198,9 @@ async def test_a_page_token_only_works_with_its_own_status_and_caller(sessions, 
     alice, bob = new_id(), new_id()
     await asyncio.gather(create_many(sessions, as_user(alice), 3), create_many(sessions, as_user(bob), 3))
     active_token = (
-        await list_page(sessions, as_user(alice), 1, status=pb.SESSION_STATUS_ACTIVE)
+        await list_sessions(sessions, as_user(alice), 1, status=pb.SESSION_STATUS_ACTIVE)
     ).next_page_token
-    any_token = (await list_page(sessions, as_user(alice), 1)).next_page_token
+    any_token = (await list_sessions(sessions, as_user(alice), 1)).next_page_token
     assert active_token and any_token
     tampered = any_token[:4] + ("B" if any_token[4] != "B" else "C") + any_token[5:]
 
@@ -237,18 +213,16 @@ async def test_a_page_token_only_works_with_its_own_status_and_caller(sessions, 
         "tampered": (alice, tampered, pb.SESSION_STATUS_UNSPECIFIED),
     }[misuse]
     error = await expect_error(
-        list_page(sessions, as_user(caller), 1, token, status),
+        list_sessions(sessions, as_user(caller), 1, token, status),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
 
     assert "page_token" in error.fields
     # Used as issued, both tokens still work.
-    assert len((await list_page(sessions, as_user(alice), 1, any_token)).sessions) == 1
-    assert (
-        len((await list_page(sessions, as_user(alice), 1, active_token, pb.SESSION_STATUS_ACTIVE)).sessions)
-        == 1
-    )
+    assert len((await list_sessions(sessions, as_user(alice), 1, any_token)).sessions) == 1
+    active_page = await list_sessions(sessions, as_user(alice), 1, active_token, pb.SESSION_STATUS_ACTIVE)
+    assert len(active_page.sessions) == 1
 
 
 async def test_sessions_created_in_the_same_microsecond_are_ordered_by_session_id_descending(
@@ -265,7 +239,7 @@ async def test_sessions_created_in_the_same_microsecond_are_ordered_by_session_i
         tied,
     )
 
-    pages = await walk(sessions, md, 2)
+    pages = await walk(list_sessions, sessions, md, page_size=2)
     listed = [s for p in pages for s in p.sessions]
 
     assert [len(p.sessions) for p in pages] == [2, 2, 2, 2, 2, 1]

@@ -8,30 +8,9 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id
+from tests.helpers import append, create, expect_error, get, list_messages, new_id, walk
 
 Q, A = pb.MESSAGE_ROLE_QUESTION, pb.MESSAGE_ROLE_ANSWER
-
-
-async def create(sessions, md, partner: str = "") -> pb.Session:
-    request = pb.CreateSessionRequest(job_posting_id=new_id(), partner_user_id=partner)
-    return await sessions.CreateSession(request, metadata=md)
-
-
-async def append(sessions, md, session_id: str, role, content: str = "text", request_id: str = ""):
-    request = pb.AppendMessageRequest(
-        session_id=session_id, role=role, content=content, request_id=request_id
-    )
-    return await sessions.AppendMessage(request, metadata=md)
-
-
-async def get(sessions, md, session_id: str) -> pb.Session:
-    return await sessions.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=md)
-
-
-async def list_page(sessions, md, session_id: str, page_size: int = 0, page_token: str = ""):
-    request = pb.ListMessagesRequest(session_id=session_id, page_size=page_size, page_token=page_token)
-    return await sessions.ListMessages(request, metadata=md)
 
 
 async def message_count(db, session_id: str) -> int:
@@ -302,23 +281,12 @@ async def appended_history(sessions, md, session_id: str, count: int) -> list[pb
     return history
 
 
-async def walk(sessions, md, session_id: str, page_size: int):
-    pages, token = [], ""
-    while True:
-        page = await list_page(sessions, md, session_id, page_size, token)
-        pages.append(page)
-        token = page.next_page_token
-        if not token:
-            return pages
-        assert len(pages) < 100, "pagination does not end"
-
-
 async def test_list_messages_pages_oldest_first_until_an_empty_token(sessions, as_user):
     md = as_user(new_id())
     created = await create(sessions, md)
     history = await appended_history(sessions, md, created.session_id, 7)
 
-    pages = await walk(sessions, md, created.session_id, 3)
+    pages = await walk(list_messages, sessions, md, created.session_id, page_size=3)
 
     assert [len(p.messages) for p in pages] == [3, 3, 1]
     assert [bool(p.next_page_token) for p in pages] == [True, True, False]
@@ -332,13 +300,13 @@ async def test_list_messages_page_size_zero_means_fifty_and_negative_is_invalid(
     created = await create(sessions, md)
     await asyncio.gather(*(append(sessions, md, created.session_id, Q, f"q{i}") for i in range(51)))
 
-    first = await list_page(sessions, md, created.session_id, 0)
-    rest = await list_page(sessions, md, created.session_id, 0, first.next_page_token)
+    first = await list_messages(sessions, md, created.session_id, 0)
+    rest = await list_messages(sessions, md, created.session_id, 0, first.next_page_token)
 
     assert len(first.messages) == 50 and first.next_page_token
     assert len(rest.messages) == 1 and rest.next_page_token == ""
     error = await expect_error(
-        list_page(sessions, md, created.session_id, -1),
+        list_messages(sessions, md, created.session_id, -1),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
@@ -349,16 +317,16 @@ async def test_list_messages_is_byte_identical_before_and_after_completion(sessi
     md = as_user(new_id())
     created = await create(sessions, md)
     await appended_history(sessions, md, created.session_id, 7)
-    before_all = await list_page(sessions, md, created.session_id, 200)
-    before_pages = await walk(sessions, md, created.session_id, 3)
+    before_all = await list_messages(sessions, md, created.session_id, 200)
+    before_pages = await walk(list_messages, sessions, md, created.session_id, page_size=3)
 
     done = await sessions.CompleteSession(
         pb.CompleteSessionRequest(session_id=created.session_id), metadata=md
     )
     assert done.status == pb.SESSION_STATUS_COMPLETED
 
-    after_all = await list_page(sessions, md, created.session_id, 200)
-    after_pages = await walk(sessions, md, created.session_id, 3)
+    after_all = await list_messages(sessions, md, created.session_id, 200)
+    after_pages = await walk(list_messages, sessions, md, created.session_id, page_size=3)
     assert after_all.SerializeToString() == before_all.SerializeToString()
     assert [[m.SerializeToString() for m in p.messages] for p in after_pages] == [
         [m.SerializeToString() for m in p.messages] for p in before_pages
@@ -377,7 +345,7 @@ async def test_messages_of_a_completed_paired_session_stay_listable_by_both_part
     )
 
     for user in (owner, partner):
-        page = await list_page(sessions, as_user(user), created.session_id)
+        page = await list_messages(sessions, as_user(user), created.session_id)
         assert list(page.messages) == [question, answer]
         assert page.next_page_token == ""
 
@@ -386,7 +354,7 @@ async def test_list_messages_of_a_session_without_messages_is_empty(sessions, as
     md = as_user(new_id())
     created = await create(sessions, md)
 
-    page = await list_page(sessions, md, created.session_id)
+    page = await list_messages(sessions, md, created.session_id)
 
     assert list(page.messages) == [] and page.next_page_token == ""
 
@@ -399,7 +367,7 @@ async def test_list_messages_for_a_non_participant_is_not_found(sessions, as_use
     session_id = created.session_id if target == "another user's session" else new_id()
 
     error = await expect_error(
-        list_page(sessions, as_user(new_id()), session_id),
+        list_messages(sessions, as_user(new_id()), session_id),
         grpc.StatusCode.NOT_FOUND,
         "SESSION_NOT_FOUND",
     )
@@ -424,8 +392,8 @@ async def test_list_messages_rejects_a_page_token_it_did_not_issue_for_this_call
         await appended_history(sessions, as_user(owner), session.session_id, 3)
     token_of = {}
     for user in (owner, partner):
-        token_of[user] = (await list_page(sessions, as_user(user), created.session_id, 1)).next_page_token
-    other_token = (await list_page(sessions, as_user(owner), other.session_id, 1)).next_page_token
+        token_of[user] = (await list_messages(sessions, as_user(user), created.session_id, 1)).next_page_token
+    other_token = (await list_messages(sessions, as_user(owner), other.session_id, 1)).next_page_token
     assert token_of[owner] and token_of[partner] and other_token
 
     caller, token = {
@@ -435,14 +403,14 @@ async def test_list_messages_rejects_a_page_token_it_did_not_issue_for_this_call
         "garbage token": (owner, "not a token at all"),
     }[misuse]
     error = await expect_error(
-        list_page(sessions, as_user(caller), created.session_id, 1, token),
+        list_messages(sessions, as_user(caller), created.session_id, 1, token),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INVALID_ARGUMENT",
     )
 
     assert "page_token" in error.fields
     # The untouched token still works for the caller it was made for.
-    page = await list_page(sessions, as_user(owner), created.session_id, 1, token_of[owner])
+    page = await list_messages(sessions, as_user(owner), created.session_id, 1, token_of[owner])
     assert [m.content for m in page.messages] == ["message 2"]
 
 
@@ -450,13 +418,29 @@ async def test_a_tampered_token_is_rejected_wherever_the_character_is_flipped(se
     md = as_user(new_id())
     created = await create(sessions, md)
     await appended_history(sessions, md, created.session_id, 3)
-    token = (await list_page(sessions, md, created.session_id, 1)).next_page_token
+    token = (await list_messages(sessions, md, created.session_id, 1)).next_page_token
 
     # Whole characters only: the last one may carry padding bits that decode to the same bytes.
     for index in (0, len(token) // 2, len(token) - 2):
         error = await expect_error(
-            list_page(sessions, md, created.session_id, 1, flip(token, index)),
+            list_messages(sessions, md, created.session_id, 1, flip(token, index)),
             grpc.StatusCode.INVALID_ARGUMENT,
             "INVALID_ARGUMENT",
         )
         assert "page_token" in error.fields, index
+
+
+async def test_a_page_of_the_largest_messages_stays_under_the_grpc_message_limit(sessions, as_user, db):
+    # 200 messages of 16,384 four-byte characters are 12.8 MB: more than one gRPC message carries.
+    owner = as_user(new_id())
+    created = await create(sessions, owner)
+    content = "\N{GRINNING FACE}" * 16_384
+    for _ in range(200):
+        await append(sessions, owner, created.session_id, pb.MESSAGE_ROLE_QUESTION, content)
+
+    pages = await walk(list_messages, sessions, owner, created.session_id, page_size=200)
+    for reply in pages:
+        assert 0 < len(reply.messages) < 200 and reply.ByteSize() < 4 * 1024 * 1024
+    seen = [message.question_number for reply in pages for message in reply.messages]
+    assert seen == list(range(1, 201))
+    assert len(pages) >= 4

@@ -16,22 +16,13 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import expect_error, new_id
+from tests.helpers import complete, create, expect_error, list_retakes, new_id, retake, walk
 
 DOMAIN = "interview.sessions"
 
 
-async def create(sessions, md, job_posting_id: str | None = None, partner: str = "") -> pb.Session:
-    request = pb.CreateSessionRequest(job_posting_id=job_posting_id or new_id(), partner_user_id=partner)
-    return await sessions.CreateSession(request, metadata=md)
-
-
-async def complete(sessions, md, session_id: str) -> pb.Session:
-    return await sessions.CompleteSession(pb.CompleteSessionRequest(session_id=session_id), metadata=md)
-
-
 async def completed_session(sessions, md, job_posting_id: str | None = None) -> pb.Session:
-    created = await create(sessions, md, job_posting_id)
+    created = await create(sessions, md, job_posting_id=job_posting_id)
     return await complete(sessions, md, created.session_id)
 
 
@@ -39,16 +30,6 @@ async def completed_paired_session(sessions, internal, as_user, as_service, owne
     created = await create(sessions, as_user(owner), partner=partner)
     request = pb.CompletePairedSessionRequest(session_id=created.session_id)
     return await internal.CompletePairedSession(request, metadata=as_service)
-
-
-async def retake(sessions, md, session_id: str, request_id: str = "") -> pb.Session:
-    request = pb.RetakeSessionRequest(session_id=session_id, request_id=request_id)
-    return await sessions.RetakeSession(request, metadata=md)
-
-
-async def list_retakes(sessions, md, session_id: str) -> list[pb.Session]:
-    reply = await sessions.ListRetakes(pb.ListRetakesRequest(session_id=session_id), metadata=md)
-    return list(reply.sessions)
 
 
 async def chain_rows(db, root_id: str):
@@ -281,7 +262,7 @@ async def test_retake_after_the_job_posting_was_released_is_refused_and_changes_
 ):
     owner, posting = new_id(), new_id()
     md = as_user(owner)
-    created = await create(sessions, md, posting)
+    created = await create(sessions, md, job_posting_id=posting)
     for role, content in [
         (pb.MESSAGE_ROLE_QUESTION, "Tell me about yourself."),
         (pb.MESSAGE_ROLE_ANSWER, "I write tests."),
@@ -418,7 +399,7 @@ async def test_list_retakes_returns_the_whole_chain_root_first_from_any_member(s
     root = await sessions.GetSession(pb.GetSessionRequest(session_id=root.session_id), metadata=md)
 
     for member in (root, second, third):
-        chain = await list_retakes(sessions, md, member.session_id)
+        chain = (await list_retakes(sessions, md, member.session_id)).sessions
         assert chain == [root, second, third], member.retake_number
         assert [s.retake_number for s in chain] == [1, 2, 3]
         assert [s.original_session_id for s in chain] == ["", root.session_id, root.session_id]
@@ -428,7 +409,7 @@ async def test_list_retakes_of_an_original_without_retakes_is_just_that_session(
     owner = new_id()
     created = await create(sessions, as_user(owner))
 
-    assert await list_retakes(sessions, as_user(owner), created.session_id) == [created]
+    assert (await list_retakes(sessions, as_user(owner), created.session_id)).sessions == [created]
 
 
 async def test_list_retakes_orders_by_retake_number_after_concurrent_retakes(sessions, as_user):
@@ -437,7 +418,7 @@ async def test_list_retakes_orders_by_retake_number_after_concurrent_retakes(ses
     root = await completed_session(sessions, md)
     await asyncio.gather(*(retake(sessions, md, root.session_id, new_id()) for _ in range(6)))
 
-    chain = await list_retakes(sessions, md, root.session_id)
+    chain = (await list_retakes(sessions, md, root.session_id)).sessions
 
     assert [s.retake_number for s in chain] == [1, 2, 3, 4, 5, 6, 7]
     assert chain[0].session_id == root.session_id
@@ -450,8 +431,8 @@ async def test_list_retakes_shows_the_partner_only_the_sessions_they_take_part_i
     root = await completed_paired_session(sessions, internal, as_user, as_service, owner, partner)
     second = await retake(sessions, as_user(owner), root.session_id)
 
-    owner_view = await list_retakes(sessions, as_user(owner), root.session_id)
-    partner_view = await list_retakes(sessions, as_user(partner), root.session_id)
+    owner_view = (await list_retakes(sessions, as_user(owner), root.session_id)).sessions
+    partner_view = (await list_retakes(sessions, as_user(partner), root.session_id)).sessions
 
     assert [s.session_id for s in owner_view] == [root.session_id, second.session_id]
     assert partner_view == [root]
@@ -492,3 +473,101 @@ async def test_list_retakes_with_a_malformed_session_id_is_an_invalid_argument(s
     )
 
     assert "session_id" in error.fields
+
+
+async def test_list_retakes_pages_a_thousand_retake_chain_without_gaps_or_duplicates(sessions, as_user):
+    owner = as_user(new_id())
+    root = await completed_session(sessions, owner)
+    for _ in range(1000):
+        await retake(sessions, owner, root.session_id)
+
+    pages = await walk(list_retakes, sessions, owner, root.session_id, page_size=200)
+    assert [len(page.sessions) for page in pages] == [200, 200, 200, 200, 200, 1]
+    numbers = [session.retake_number for page in pages for session in page.sessions]
+    assert numbers == list(range(1, 1002))
+    assert pages[0].sessions[0].session_id == root.session_id
+
+    default = await sessions.ListRetakes(pb.ListRetakesRequest(session_id=root.session_id), metadata=owner)
+    assert len(default.sessions) == 50 and default.next_page_token
+
+
+async def test_list_retakes_pages_from_any_member_of_the_chain(sessions, as_user):
+    owner = as_user(new_id())
+    root = await completed_session(sessions, owner)
+    retakes = [await retake(sessions, owner, root.session_id) for _ in range(4)]
+    pages = await walk(list_retakes, sessions, owner, retakes[-1].session_id, page_size=2)
+    assert [[s.retake_number for s in page.sessions] for page in pages] == [[1, 2], [3, 4], [5]]
+
+
+async def test_a_partner_pages_through_the_root_alone(sessions, internal, as_user, as_service):
+    owner, partner = new_id(), new_id()
+    root = await completed_paired_session(sessions, internal, as_user, as_service, owner, partner)
+    for _ in range(3):
+        await retake(sessions, as_user(owner), root.session_id)
+    pages = await walk(list_retakes, sessions, as_user(partner), root.session_id, page_size=1)
+    assert [[s.session_id for s in page.sessions] for page in pages] == [[root.session_id]]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("page_size", -1), ("page_token", "not-a-token"), ("page_token", "A" * 600)]
+)
+async def test_list_retakes_refuses_a_bad_page_size_or_token(sessions, as_user, field, value):
+    owner = as_user(new_id())
+    root = await completed_session(sessions, owner)
+    error = await expect_error(
+        sessions.ListRetakes(
+            pb.ListRetakesRequest(session_id=root.session_id, **{field: value}), metadata=owner
+        ),
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "INVALID_ARGUMENT",
+    )
+    assert set(error.fields) == {field}
+
+
+async def test_a_retakes_page_token_works_only_for_its_own_chain_and_caller(sessions, as_user):
+    alice, bob = as_user(new_id()), as_user(new_id())
+    first, second = await completed_session(sessions, alice), await completed_session(sessions, alice)
+    for _ in range(2):
+        await retake(sessions, alice, first.session_id)
+    page = await sessions.ListRetakes(
+        pb.ListRetakesRequest(session_id=first.session_id, page_size=1), metadata=alice
+    )
+    assert page.next_page_token
+    for session_id, md in ((second.session_id, alice), (first.session_id, bob)):
+        request = pb.ListRetakesRequest(session_id=session_id, page_token=page.next_page_token)
+        expected = ("INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT)
+        error = await expect_error(sessions.ListRetakes(request, metadata=md), expected[1], expected[0])
+        assert set(error.fields) == {"page_token"}
+
+
+async def test_one_request_id_on_create_then_retake_gives_two_independent_sessions(sessions, as_user, db):
+    owner = as_user(new_id())
+    request_id = new_id()
+    source = await completed_session(sessions, owner)
+    created = await sessions.CreateSession(
+        pb.CreateSessionRequest(job_posting_id=new_id(), request_id=request_id), metadata=owner
+    )
+    retaken = await retake(sessions, owner, source.session_id, request_id=request_id)
+    assert retaken.session_id != created.session_id
+    assert retaken.original_session_id == source.session_id and retaken.retake_number == 2
+    # Each repeat returns its own RPC's first result.
+    again = await sessions.CreateSession(
+        pb.CreateSessionRequest(job_posting_id=new_id(), request_id=request_id), metadata=owner
+    )
+    assert again == created
+    assert await retake(sessions, owner, source.session_id, request_id=request_id) == retaken
+    count = "SELECT count(*) FROM sessions.sessions WHERE request_id = $1"
+    assert await db.fetchval(count, request_id) == 2
+
+
+async def test_one_request_id_on_retake_then_create_gives_two_independent_sessions(sessions, as_user):
+    owner = as_user(new_id())
+    request_id = new_id()
+    source = await completed_session(sessions, owner)
+    retaken = await retake(sessions, owner, source.session_id, request_id=request_id)
+    posting = new_id()
+    created = await sessions.CreateSession(
+        pb.CreateSessionRequest(job_posting_id=posting, request_id=request_id), metadata=owner
+    )
+    assert created.session_id != retaken.session_id
+    assert created.job_posting_id == posting and created.retake_number == 1

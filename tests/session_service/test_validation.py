@@ -4,7 +4,7 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.helpers import MALFORMED_UUIDS, expect_error, new_id, user_metadata
+from tests.helpers import MALFORMED_UUIDS, create, expect_error, expect_invalid, new_id, user_metadata
 
 DOMAIN = "interview.sessions"
 MAX_CONTENT = 16384
@@ -18,20 +18,6 @@ async def snapshot(db, owner, session_id):
         "SELECT * FROM sessions.messages WHERE session_id = $1 ORDER BY seq", session_id
     )
     return [dict(r) for r in owned], [dict(r) for r in chained], [dict(r) for r in messages]
-
-
-async def expect_invalid(call, *fields):
-    error = await expect_error(call, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT")
-    assert error.domain == DOMAIN
-    assert set(error.fields) == set(fields), error
-    assert all(error.fields[name] for name in fields), error
-    return error
-
-
-async def new_session(sessions, as_user, owner, **fields):
-    return await sessions.CreateSession(
-        pb.CreateSessionRequest(job_posting_id=new_id(), **fields), metadata=as_user(owner)
-    )
 
 
 # --- Malformed and missing ids in every id field of every RPC ------------------------------------
@@ -100,9 +86,9 @@ REQUIRED_ID_FIELDS = [(rpc, f) for rpc, f in ID_FIELDS if f in ("session_id", "j
 async def prepared_session(sessions, as_user, owner, rpc):
     """A session of `owner`, in a state where the valid form of `rpc` would succeed."""
     if rpc in ("CompleteSession", "RetakeSession"):
-        created = await new_session(sessions, as_user, owner)
+        created = await create(sessions, as_user(owner))
     else:
-        created = await new_session(sessions, as_user, owner, partner_user_id=new_id())
+        created = await create(sessions, as_user(owner), partner=new_id())
     sid = created.session_id
     if rpc == "ResumeSession":
         await sessions.PauseSession(pb.PauseSessionRequest(session_id=sid), metadata=as_user(owner))
@@ -141,6 +127,7 @@ async def test_a_malformed_or_missing_id_is_an_invalid_argument_naming_the_field
             rpc, sessions, internal, as_user, as_service, owner, request_type(**{**fields, field: value})
         ),
         field,
+        domain=DOMAIN,
     )
 
     assert await snapshot(db, owner, source.session_id) == before
@@ -161,6 +148,7 @@ async def test_a_partner_equal_to_the_caller_is_an_invalid_argument(sessions, as
             metadata=as_user(owner),
         ),
         "partner_user_id",
+        domain=DOMAIN,
     )
     assert await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE user_id = $1", owner) == 0
 
@@ -172,6 +160,7 @@ async def test_a_rejected_create_does_not_burn_its_request_id(sessions, as_user,
             pb.CreateSessionRequest(job_posting_id="bad", request_id=request_id), metadata=as_user(owner)
         ),
         "job_posting_id",
+        domain=DOMAIN,
     )
     assert await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE user_id = $1", owner) == 0
     posting = new_id()
@@ -187,7 +176,7 @@ async def test_a_rejected_create_does_not_burn_its_request_id(sessions, as_user,
 @pytest.mark.parametrize("role", [pb.MESSAGE_ROLE_UNSPECIFIED, 3, 99, -1])
 async def test_an_unknown_message_role_is_an_invalid_argument(sessions, as_user, db, role):
     owner = new_id()
-    created = await new_session(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     before = await snapshot(db, owner, created.session_id)
     await expect_invalid(
         sessions.AppendMessage(
@@ -195,6 +184,7 @@ async def test_an_unknown_message_role_is_an_invalid_argument(sessions, as_user,
             metadata=as_user(owner),
         ),
         "role",
+        domain=DOMAIN,
     )
     assert await snapshot(db, owner, created.session_id) == before
 
@@ -202,9 +192,11 @@ async def test_an_unknown_message_role_is_an_invalid_argument(sessions, as_user,
 @pytest.mark.parametrize("status", [4, 99, -1])
 async def test_an_unknown_status_filter_is_an_invalid_argument(sessions, as_user, status):
     owner = new_id()
-    await new_session(sessions, as_user, owner)
+    await create(sessions, as_user(owner))
     await expect_invalid(
-        sessions.ListSessions(pb.ListSessionsRequest(status=status), metadata=as_user(owner)), "status"
+        sessions.ListSessions(pb.ListSessionsRequest(status=status), metadata=as_user(owner)),
+        "status",
+        domain=DOMAIN,
     )
 
 
@@ -225,7 +217,7 @@ BAD_CONTENT = {
 )
 async def test_bad_message_content_is_an_invalid_argument(sessions, as_user, db, content, role):
     owner = new_id()
-    created = await new_session(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     sid = created.session_id
     await sessions.AppendMessage(
         pb.AppendMessageRequest(session_id=sid, role=pb.MESSAGE_ROLE_QUESTION, content="Q1?"),
@@ -239,6 +231,7 @@ async def test_bad_message_content_is_an_invalid_argument(sessions, as_user, db,
             metadata=as_user(owner),
         ),
         "content",
+        domain=DOMAIN,
     )
 
     assert await snapshot(db, owner, sid) == before
@@ -249,7 +242,7 @@ async def test_bad_message_content_is_an_invalid_argument(sessions, as_user, db,
 @pytest.mark.parametrize("char", ["a", "😀", "é"], ids=["ascii", "emoji", "two-byte"])
 async def test_content_of_exactly_the_maximum_code_points_is_accepted(sessions, as_user, db, char):
     owner = new_id()
-    created = await new_session(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     content = char * MAX_CONTENT
 
     message = await sessions.AppendMessage(
@@ -279,23 +272,25 @@ async def test_content_of_exactly_the_maximum_code_points_is_accepted(sessions, 
 @pytest.mark.parametrize("page_size", [-1, -2147483648])
 async def test_a_negative_page_size_on_list_sessions_is_an_invalid_argument(sessions, as_user, page_size):
     owner = new_id()
-    await new_session(sessions, as_user, owner)
+    await create(sessions, as_user(owner))
     await expect_invalid(
         sessions.ListSessions(pb.ListSessionsRequest(page_size=page_size), metadata=as_user(owner)),
         "page_size",
+        domain=DOMAIN,
     )
 
 
 @pytest.mark.parametrize("page_size", [-1, -2147483648])
 async def test_a_negative_page_size_on_list_messages_is_an_invalid_argument(sessions, as_user, page_size):
     owner = new_id()
-    created = await new_session(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     await expect_invalid(
         sessions.ListMessages(
             pb.ListMessagesRequest(session_id=created.session_id, page_size=page_size),
             metadata=as_user(owner),
         ),
         "page_size",
+        domain=DOMAIN,
     )
 
 
@@ -312,13 +307,14 @@ async def test_every_bad_field_of_a_create_is_named_in_one_error(sessions, as_us
         "job_posting_id",
         "partner_user_id",
         "request_id",
+        domain=DOMAIN,
     )
     assert await db.fetchval("SELECT count(*) FROM sessions.sessions WHERE user_id = $1", owner) == 0
 
 
 async def test_every_bad_field_of_an_append_is_named_in_one_error(sessions, as_user, db):
     owner = new_id()
-    created = await new_session(sessions, as_user, owner)
+    created = await create(sessions, as_user(owner))
     before = await snapshot(db, owner, created.session_id)
     await expect_invalid(
         sessions.AppendMessage(
@@ -329,6 +325,7 @@ async def test_every_bad_field_of_an_append_is_named_in_one_error(sessions, as_u
         "role",
         "content",
         "request_id",
+        domain=DOMAIN,
     )
     assert await snapshot(db, owner, created.session_id) == before
 
@@ -342,6 +339,7 @@ async def test_every_bad_field_of_a_list_is_named_in_one_error(sessions, as_user
         "status",
         "page_size",
         "page_token",
+        domain=DOMAIN,
     )
     await expect_invalid(
         sessions.ListMessages(
@@ -351,6 +349,7 @@ async def test_every_bad_field_of_a_list_is_named_in_one_error(sessions, as_user
         "session_id",
         "page_size",
         "page_token",
+        domain=DOMAIN,
     )
 
 
@@ -364,6 +363,7 @@ async def test_a_partner_equal_to_the_caller_is_reported_with_the_other_bad_fiel
         "job_posting_id",
         "partner_user_id",
         "request_id",
+        domain=DOMAIN,
     )
 
 

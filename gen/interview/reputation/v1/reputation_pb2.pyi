@@ -47,6 +47,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the reputation database does not answer; safe to retry."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 9
     """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
+    ERROR_REASON_OVERLOADED: _ErrorReason.ValueType  # 10
+    """RESOURCE_EXHAUSTED: the process is at its limit of calls in progress (or of unauthenticated
+    health Watch / reflection streams); nothing was done. Sent at once, never after queueing:
+    retry with backoff, ideally on another replica.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons of this package's errors (domain "interview.reputation"). The
@@ -75,6 +80,11 @@ ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 8
 """UNAVAILABLE: the reputation database does not answer; safe to retry."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 9
 """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
+ERROR_REASON_OVERLOADED: ErrorReason.ValueType  # 10
+"""RESOURCE_EXHAUSTED: the process is at its limit of calls in progress (or of unauthenticated
+health Watch / reflection streams); nothing was done. Sent at once, never after queueing:
+retry with backoff, ideally on another replica.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final

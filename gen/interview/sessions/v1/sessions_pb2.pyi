@@ -108,6 +108,11 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """UNAVAILABLE: the database does not answer; safe to retry."""
     ERROR_REASON_INTERNAL: _ErrorReason.ValueType  # 14
     """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
+    ERROR_REASON_OVERLOADED: _ErrorReason.ValueType  # 15
+    """RESOURCE_EXHAUSTED: the process is at its limit of calls in progress (or of unauthenticated
+    health Watch / reflection streams); nothing was done. Sent at once, never after queueing:
+    retry with backoff, ideally on another replica.
+    """
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons of this package's errors (domain "interview.sessions"). The
@@ -145,6 +150,11 @@ ERROR_REASON_DATABASE_UNAVAILABLE: ErrorReason.ValueType  # 13
 """UNAVAILABLE: the database does not answer; safe to retry."""
 ERROR_REASON_INTERNAL: ErrorReason.ValueType  # 14
 """INTERNAL: a bug, logged under the correlation id in the ErrorInfo metadata."""
+ERROR_REASON_OVERLOADED: ErrorReason.ValueType  # 15
+"""RESOURCE_EXHAUSTED: the process is at its limit of calls in progress (or of unauthenticated
+health Watch / reflection streams); nothing was done. Sent at once, never after queueing:
+retry with backoff, ideally on another replica.
+"""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -468,16 +478,26 @@ class ListRetakesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Any session of the chain (UUID)."""
+    page_size: _builtins.int
+    """Sessions per page: 0 = 50, above 200 = 200, negative = INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """The previous response's next_page_token; empty for the first page. Valid only with the
+    same session_id and caller.
+    """
     def __init__(
         self,
         *,
         session_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -490,18 +510,22 @@ class ListRetakesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Token for the next page; empty on the last page."""
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
-        """The chain, root first, ordered by retake_number."""
+        """This page of the chain, root first, ordered by retake_number."""
 
     def __init__(
         self,
         *,
         sessions: _abc.Iterable[Global___Session] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["sessions", b"sessions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "sessions", b"sessions"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

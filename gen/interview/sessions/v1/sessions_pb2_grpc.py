@@ -156,8 +156,8 @@ class SessionServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListRetakes(self, request, context):
-        """The whole retake chain of the session's root, root first, by retake_number,
-        limited to sessions the caller participates in.
+        """The retake chain of the session's root, root first, by retake_number, limited to
+        sessions the caller participates in; paged like every list (a chain can hold thousands).
         Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -69,8 +69,8 @@ class SessionServiceStub:
     MISSING_JOB_POSTING. A repeated request_id returns the first call's session.
     """
     ListRetakes: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.ListRetakesRequest, _sessions_pb2.ListRetakesResponse]
-    """The whole retake chain of the session's root, root first, by retake_number,
-    limited to sessions the caller participates in.
+    """The retake chain of the session's root, root first, by retake_number, limited to
+    sessions the caller participates in; paged like every list (a chain can hold thousands).
     Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND.
     """
     AppendMessage: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.AppendMessageRequest, _sessions_pb2.SessionMessage]
@@ -125,8 +125,8 @@ class SessionServiceAsyncStub(SessionServiceStub):
     MISSING_JOB_POSTING. A repeated request_id returns the first call's session.
     """
     ListRetakes: _aio.UnaryUnaryMultiCallable[_sessions_pb2.ListRetakesRequest, _sessions_pb2.ListRetakesResponse]  # type: ignore[assignment]
-    """The whole retake chain of the session's root, root first, by retake_number,
-    limited to sessions the caller participates in.
+    """The retake chain of the session's root, root first, by retake_number, limited to
+    sessions the caller participates in; paged like every list (a chain can hold thousands).
     Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND.
     """
     AppendMessage: _aio.UnaryUnaryMultiCallable[_sessions_pb2.AppendMessageRequest, _sessions_pb2.SessionMessage]  # type: ignore[assignment]
@@ -226,8 +226,8 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _sessions_pb2.ListRetakesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.ListRetakesResponse, _abc.Awaitable[_sessions_pb2.ListRetakesResponse]]:
-        """The whole retake chain of the session's root, root first, by retake_number,
-        limited to sessions the caller participates in.
+        """The retake chain of the session's root, root first, by retake_number, limited to
+        sessions the caller participates in; paged like every list (a chain can hold thousands).
         Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND.
         """
 
