@@ -1,11 +1,9 @@
-# syntax=docker/dockerfile:1
-#
 # One image for both services; the command picks what runs:
 #   docker run IMAGE                              session service (the default)
 #   docker run IMAGE reputation_service           reputation service
 #   docker run IMAGE session_service migrate      apply that service's migrations, then exit
 # Configuration is the environment variables in README "Configuration"; docker-compose.yml
-# wires up the whole system. tests/test_deploy.py checks this file (no Docker on dev machines).
+# wires up the whole system and `make compose-test` runs it.
 
 # Build stage: install the project and its runtime dependencies (not the [dev] extra) into a
 # virtual environment, which is all the final stage copies.

@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 PROTOS := $(shell find protos -name '*.proto' | sort)
 
-.PHONY: run test gen token proto-baseline bench
+.PHONY: run test gen token proto-baseline bench compose-test
 
 $(READY): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,3 +45,8 @@ bench: $(READY)
 # (a new major version, or before the first release); never to silence `buf breaking`.
 proto-baseline: $(READY)
 	$(BIN)/buf build protos -o protos/baseline.binpb
+
+# Needs a Docker engine (on our machines: eval "$$(../shared/tools/containers/up)"). Builds, brings
+# docker-compose.yml up, runs the end-to-end and fault scenarios, and always tears it down.
+compose-test: $(READY)
+	$(BIN)/python deploy/compose_test.py

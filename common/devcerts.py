@@ -117,8 +117,8 @@ def write_dev_certificates(
     server_cert, server_key = leaf(hosts[0], hosts, both)
     client_cert, client_key = leaf("interview dev client", [], [ExtendedKeyUsageOID.CLIENT_AUTH])
     directory.mkdir(parents=True, exist_ok=True)
+    # The CA's key is not kept: every certificate it signs is made here, now.
     paths.ca.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    write_private(directory / "ca.key", _pem_key(ca_key))
     paths.server_cert.write_bytes(server_cert)
     write_private(paths.server_key, server_key)
     paths.client_cert.write_bytes(client_cert)

@@ -13,7 +13,7 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +32,8 @@ from common.auth import INTERNAL_ROLE, ServiceTokenSigner, mint
 from common.auth.signing import public_jwk
 from common.config import JwtSettings, ServiceSigning
 from common.devcerts import write_private
+from reputation_service import config as reputation_config
+from session_service import config as session_config
 
 if TYPE_CHECKING:
     import asyncpg
@@ -424,3 +426,31 @@ def timed(samples: Samples, method: str) -> float:
 
 def gauge(samples: Samples, name: str) -> float:
     return samples[(name, frozenset())]
+
+
+# Each service's config loader and database variable, for tests that check deployment files
+# against what the services really read.
+CONFIG_LOADERS: dict[str, Callable[[Mapping[str, str]], Any]] = {
+    "session_service": session_config.load,
+    "reputation_service": reputation_config.load,
+}
+DATABASE_VARIABLE = {
+    "session_service": "SESSION_DATABASE_URL",
+    "reputation_service": "REPUTATION_DATABASE_URL",
+}
+
+
+class Recording(dict[str, str]):
+    """An environment that remembers every name read from it (give it to a config loader)."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        super().__init__(env)
+        self.read: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.read.add(key)
+        return super().__getitem__(key)
