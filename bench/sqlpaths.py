@@ -6,13 +6,16 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
 
 from common.db import Query
 from common.fields import PageTokens
+from reputation_service import domain as reputation_domain
 from reputation_service import store as reputation_store
+from reputation_service.domain import SessionFacts
 from session_service import domain
 from session_service import store as session_store
 from session_service.api import MESSAGES_CURSOR
@@ -35,9 +38,9 @@ RETAKE = session_store._RETAKE
 QUESTION = session_store._QUESTION
 MESSAGES = session_store._MESSAGES
 STATE = reputation_store._STATE
-LOCK_SESSION = reputation_store._LOCK_SESSION
-CONFIRM = reputation_store._CONFIRM
-AWARD = reputation_store._AWARD
+# The services' defaults: the floor decides awards with the same caps and window.
+CAPS = reputation_domain.Caps()
+CONFIRMATION_WINDOW = timedelta(days=7)
 DELIVERED = reputation_store._DELIVERED
 # The services' own defaults: a page is 50 rows, fetched as 51 to know whether another follows.
 PAGE = 50
@@ -131,23 +134,11 @@ async def confirm_completion(db: Pools, caller: str, request: Any) -> asyncpg.Re
     session = _visible(known[0] if known else await _row(db.sessions, GET, session_id=session_id), caller)
     owner, partner = str(session["user_id"]), str(session["partner_user_id"])
     status = session["last_known_status"] if known else session["status"]
-    queued = False
+    facts = SessionFacts(session_id=session_id, user_id=owner, partner_user_id=partner, status=status)
     async with db.reputation.acquire() as conn, conn.transaction():
-        params = {"session_id": session_id, "user_id": owner, "partner_user_id": partner, "status": status}
-        award_time = await conn.fetchval(LOCK_SESSION.sql, *LOCK_SESSION.args(params))
-        confirmed = {str(r[0]) for r in await _rows(conn, CONFIRM, session_id=session_id, caller=caller)}
-        if award_time is None and len(confirmed) == 2:
-            first, second = sorted(confirmed)
-            award = {
-                "session_id": session_id,
-                "first_event": str(uuid.uuid4()),
-                "first_user": first,
-                "second_event": str(uuid.uuid4()),
-                "second_user": second,
-                "lease": OUTBOX_LEASE_SECONDS,
-            }
-            awarded = await conn.fetchrow(AWARD.sql, *AWARD.args(award))
-            queued = awarded is not None and awarded["queued"] == 1
+        _, queued = await reputation_store.record_confirmation(
+            conn, facts, caller, None, CAPS, CONFIRMATION_WINDOW, OUTBOX_LEASE_SECONDS
+        )
     if queued:
         await _row(db.sessions, COMPLETE_PAIRED, session_id=session_id)
         await _rows(db.reputation, DELIVERED, session_id=session_id)

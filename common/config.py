@@ -54,6 +54,14 @@ def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def non_negative_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """A whole number, 0 included (0 turns a limit off)."""
+    raw = env.get(name, str(default)).strip()
+    if not raw.isdigit():
+        raise ConfigError(name, f"must be a whole number (0 = off), got {raw!r}")
+    return int(raw)
+
+
 def positive_float(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, str(default)).strip()
     try:

@@ -71,6 +71,9 @@ class Query:
     async def fetchrow(self, conn: asyncpg.Connection, params: Mapping[str, Any]) -> asyncpg.Record | None:
         return await conn.fetchrow(self.sql, *self.args(params))
 
+    async def fetchval(self, conn: asyncpg.Connection, params: Mapping[str, Any]) -> Any:
+        return await conn.fetchval(self.sql, *self.args(params))
+
     async def execute(self, conn: asyncpg.Connection, params: Mapping[str, Any]) -> str:
         return await conn.execute(self.sql, *self.args(params))
 

@@ -17,6 +17,7 @@ from common.config import (
     jwt_settings,
     limits,
     listen_address,
+    non_negative_int,
     page_token_secret,
     positive_float,
     positive_int,
@@ -49,6 +50,10 @@ class Config:
     metrics_listen: str = "127.0.0.1:0"
     workers: int = 1
     limits: Limits = DEFAULT_LIMITS
+    # Caps against farming (0 = off) and the confirmation window.
+    pair_daily_award_limit: int = 3
+    user_daily_award_limit: int = 20
+    confirmation_window: float = 7 * 24 * 3600.0
 
 
 def outbox_lease(env: Mapping[str, str], session_service_timeout: float) -> float:
@@ -84,4 +89,7 @@ def load(env: Mapping[str, str]) -> Config:
         metrics_listen=listen_address(env, "REPUTATION_METRICS_LISTEN", "127.0.0.1:9152"),
         limits=limits(env),
         workers=workers(env, "REPUTATION_WORKERS", listen),
+        pair_daily_award_limit=non_negative_int(env, "PAIR_DAILY_AWARD_LIMIT", 3),
+        user_daily_award_limit=non_negative_int(env, "USER_DAILY_AWARD_LIMIT", 20),
+        confirmation_window=positive_float(env, "CONFIRMATION_WINDOW_SECONDS", 7 * 24 * 3600.0),
     )

@@ -203,9 +203,10 @@ def as_user(jwt_settings: JwtSettings) -> Callable[[str], tuple[tuple[str, str],
     return lambda user_id: user_metadata(jwt_settings, user_id)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def as_service(service_keys: ServiceKeys) -> tuple[tuple[str, str], ...]:
-    """Call metadata carrying a service token with role sessions.internal."""
+    """Call metadata carrying a service token with role sessions.internal, fresh for each test
+    (service tokens live two minutes; the suite runs longer)."""
     return service_metadata(service_keys)
 
 
@@ -219,6 +220,9 @@ def reputation_config_for(
 ) -> reputation_config.Config:
     """A reputation service configured for tests: a fast relay with short leases and backoff."""
     settings: dict[str, Any] = {
+        # Caps off: most tests award one user many points in a day; the cap tests turn them on.
+        "pair_daily_award_limit": 0,
+        "user_daily_award_limit": 0,
         "relay_interval": 0.1,
         "outbox_lease": 2.0,
         "relay_max_backoff": 0.5,

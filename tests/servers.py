@@ -9,15 +9,19 @@ import os
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 
+import asyncpg
 import grpc
 from interview.reputation.v1 import reputation_pb2_grpc
+from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.app import AppServer
+from common.db import migrate
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
-from tests.conftest import wait_serving
-from tests.helpers import wait_for
+from tests.conftest import new_database, sqlalchemy_url, start_session_server, wait_serving
+from tests.helpers import StackKeys, wait_for
 
 
 @asynccontextmanager
@@ -87,3 +91,47 @@ class ServiceProcess:
     def kill(self) -> None:
         if self.process is not None and self.process.returncode is None:
             self.process.kill()
+
+
+@asynccontextmanager
+async def own_database(postgres_url: str, prefix: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    """A migrated database of the test's own (no other test's relay or sweeper reaches its rows),
+    and a pool on it; dropped afterwards."""
+    url = await new_database(postgres_url, prefix)
+    for package in ("session_service", "reputation_service"):
+        await migrate(sqlalchemy_url(url), package)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    try:
+        yield url, pool
+    finally:
+        await pool.close()
+        admin = await asyncpg.connect(postgres_url)
+        try:
+            await admin.execute(f'DROP DATABASE "{url.partition("?")[0].rsplit("/", 1)[1]}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+
+@dataclass
+class Stack:
+    """A database of the test's own, with a session service on it."""
+
+    url: str
+    db: asyncpg.Pool
+    session_app: AppServer
+    sessions: sessions_pb2_grpc.SessionServiceStub
+
+    @property
+    def session_target(self) -> str:
+        return f"127.0.0.1:{self.session_app.port}"
+
+
+@asynccontextmanager
+async def own_stack(url: str, pool: asyncpg.Pool, keys: StackKeys) -> AsyncIterator[Stack]:
+    """A session service on the database at `url`, and a stub to it."""
+    session_app = await start_session_server(url, keys, "127.0.0.1:0")
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{session_app.port}") as channel:
+            yield Stack(url, pool, session_app, sessions_pb2_grpc.SessionServiceStub(channel))
+    finally:
+        await session_app.stop(grace=1)

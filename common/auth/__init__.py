@@ -9,18 +9,31 @@ User tokens and service tokens come from different issuers and are checked again
 sets: no key that can sign one kind is ever consulted for the other.
 """
 
-from common.auth.access import INTERNAL, INTERNAL_ROLE, USERS, Access, Principal, current_user_id
+from common.auth.access import (
+    INTERNAL,
+    INTERNAL_ROLE,
+    MODERATE_ROLE,
+    MODERATORS,
+    USERS,
+    Access,
+    Principal,
+    current_service,
+    current_user_id,
+)
 from common.auth.signing import ServiceTokenSigner, mint
 from common.auth.verify import Authenticator
 
 __all__ = [
     "INTERNAL",
     "INTERNAL_ROLE",
+    "MODERATE_ROLE",
+    "MODERATORS",
     "USERS",
     "Access",
     "Authenticator",
     "Principal",
     "ServiceTokenSigner",
+    "current_service",
     "current_user_id",
     "mint",
 ]

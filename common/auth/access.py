@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from common.errors import PermissionDenied
 
 INTERNAL_ROLE = "sessions.internal"
+MODERATE_ROLE = "reputation.moderate"
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,13 @@ def current_user_id() -> str:
     user_id = _current.get().user_id
     assert user_id is not None, "public RPC reached without a user token"
     return user_id
+
+
+def current_service() -> str:
+    """The calling service's name; the interceptor guarantees a service token on internal services."""
+    service = _current.get().service
+    assert service is not None, "internal RPC reached without a service token"
+    return service
 
 
 @dataclass(frozen=True)
@@ -53,3 +61,4 @@ class Access:
 
 USERS = Access()
 INTERNAL = Access(role=INTERNAL_ROLE)
+MODERATORS = Access(role=MODERATE_ROLE)

@@ -13,25 +13,19 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import asyncpg
-import grpc
 import pytest
 from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
-from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.app import AppServer
 from common.config import ConfigError, ServiceSigning
-from common.db import migrate
 from common.devcerts import write_private
 from reputation_service import config as reputation_config
 from tests.conftest import (
-    new_database,
     reputation_config_for,
-    sqlalchemy_url,
-    start_session_server,
 )
 from tests.helpers import (
     confirm,
@@ -47,51 +41,21 @@ from tests.helpers import (
     wait_for,
 )
 from tests.reputation_service.gate import overlapping, running_gate
-from tests.servers import running_reputation
+from tests.servers import Stack, own_database, own_stack, running_reputation
 
 COMPLETE = "CompletePairedSession"
 
 
-@dataclass
-class Stack:
-    """A database of the test's own, with a session service on it."""
-
-    url: str
-    db: asyncpg.Pool
-    session_app: AppServer
-    sessions: sessions_pb2_grpc.SessionServiceStub
-
-    @property
-    def session_target(self) -> str:
-        return f"127.0.0.1:{self.session_app.port}"
+@pytest.fixture
+async def database(postgres_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
+    async with own_database(postgres_url, "relay") as made:
+        yield made
 
 
 @pytest.fixture
-async def own_database(postgres_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
-    url = await new_database(postgres_url, "relay")
-    for package in ("session_service", "reputation_service"):
-        await migrate(sqlalchemy_url(url), package)
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
-    try:
-        yield url, pool
-    finally:
-        await pool.close()
-        admin = await asyncpg.connect(postgres_url)
-        try:
-            await admin.execute(f'DROP DATABASE "{url.partition("?")[0].rsplit("/", 1)[1]}" WITH (FORCE)')
-        finally:
-            await admin.close()
-
-
-@pytest.fixture
-async def stack(own_database: tuple[str, asyncpg.Pool], keys) -> AsyncIterator[Stack]:
-    url, pool = own_database
-    session_app = await start_session_server(url, keys, "127.0.0.1:0")
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{session_app.port}") as channel:
-            yield Stack(url, pool, session_app, sessions_pb2_grpc.SessionServiceStub(channel))
-    finally:
-        await session_app.stop(grace=1)
+async def stack(database: tuple[str, asyncpg.Pool], keys) -> AsyncIterator[Stack]:
+    async with own_stack(*database, keys) as ready:
+        yield ready
 
 
 async def outbox(db: asyncpg.Pool, session_ids: list[str]) -> dict[str, asyncpg.Record]:
@@ -334,8 +298,8 @@ async def _outbox_row(db: asyncpg.Pool, delivered: bool, dead: bool) -> str:
     return session_id
 
 
-async def test_replay_outbox_makes_every_dead_row_due_again_and_leaves_the_others(own_database):
-    url, db = own_database
+async def test_replay_outbox_makes_every_dead_row_due_again_and_leaves_the_others(database):
+    url, db = database
     dead = [await _outbox_row(db, delivered=False, dead=True) for _ in range(2)]
     live = await _outbox_row(db, delivered=False, dead=False)
     done = await _outbox_row(db, delivered=True, dead=False)
@@ -363,8 +327,8 @@ async def test_replay_outbox_makes_every_dead_row_due_again_and_leaves_the_other
         ("delivered", "already delivered"),
     ],
 )
-async def test_replay_outbox_for_a_session_without_a_dead_row_says_why_and_exits_1(own_database, row, why):
-    url, db = own_database
+async def test_replay_outbox_for_a_session_without_a_dead_row_says_why_and_exits_1(database, row, why):
+    url, db = database
     dead = await _outbox_row(db, delivered=False, dead=True)
     session_id = {
         "unknown": new_id(),

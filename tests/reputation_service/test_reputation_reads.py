@@ -119,11 +119,16 @@ async def test_the_events_match_the_ledger_and_the_score(sessions, reputation, a
     for _ in range(2):
         await complete_paired(sessions, reputation, as_user, user)
 
-    listed = await list_events(reputation, as_user(new_id()), user)
+    listed = await list_events(reputation, as_user(user), user)
     rows = await db.fetch("SELECT * FROM reputation.events WHERE user_id = $1 ORDER BY seq DESC", user)
 
     assert [(e.event_id, e.session_id, e.delta, e.reason, stamp(e.create_time)) for e in listed.events] == [
         (str(r["event_id"]), str(r["session_id"]), r["delta"], r["reason"], r["create_time"]) for r in rows
+    ]
+    # Another user sees the same ledger without the session ids (who was paired with whom).
+    seen_by_other = await list_events(reputation, as_user(new_id()), user)
+    assert [(e.event_id, e.session_id) for e in seen_by_other.events] == [
+        (e.event_id, "") for e in listed.events
     ]
     score = await get_reputation(reputation, as_user(user))
     assert score.score == sum(e.delta for e in listed.events)

@@ -52,6 +52,12 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     health Watch / reflection streams); nothing was done. Sent at once, never after queueing:
     retry with backoff, ideally on another replica.
     """
+    ERROR_REASON_CONFIRMATION_WINDOW_CLOSED: _ErrorReason.ValueType  # 11
+    """FAILED_PRECONDITION: the confirmation window closed with only the partner's confirmation;
+    the session was completed without awards.
+    """
+    ERROR_REASON_NOT_AWARDED: _ErrorReason.ValueType  # 12
+    """FAILED_PRECONDITION: ReverseSessionAwards on a session that earned nobody a point."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons of this package's errors (domain "interview.reputation"). The
@@ -85,6 +91,12 @@ ERROR_REASON_OVERLOADED: ErrorReason.ValueType  # 10
 health Watch / reflection streams); nothing was done. Sent at once, never after queueing:
 retry with backoff, ideally on another replica.
 """
+ERROR_REASON_CONFIRMATION_WINDOW_CLOSED: ErrorReason.ValueType  # 11
+"""FAILED_PRECONDITION: the confirmation window closed with only the partner's confirmation;
+the session was completed without awards.
+"""
+ERROR_REASON_NOT_AWARDED: ErrorReason.ValueType  # 12
+"""FAILED_PRECONDITION: ReverseSessionAwards on a session that earned nobody a point."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
 
 @_typing.final
@@ -99,6 +111,10 @@ class Confirmation(_message.Message):
     REPUTATION_AWARDED_FIELD_NUMBER: _builtins.int
     SESSION_STATUS_FIELD_NUMBER: _builtins.int
     COMPLETION_PENDING_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    CAPPED_USER_IDS_FIELD_NUMBER: _builtins.int
+    CLOSED_UNCONFIRMED_FIELD_NUMBER: _builtins.int
+    REVERSED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The paired session (UUID)."""
     both_confirmed: _builtins.bool
@@ -106,14 +122,30 @@ class Confirmation(_message.Message):
     reputation_awarded: _builtins.bool
     """True once the +1 awards for this session exist (also on every later repeat)."""
     session_status: _sessions_pb2.SessionStatus.ValueType
-    """The session's status as last known; COMPLETED once the session service completed it."""
+    """The session's current status in the session service (COMPLETED once completed)."""
     completion_pending: _builtins.bool
     """True while the session service has not yet been told to complete the session;
     a background relay keeps retrying until it is.
     """
+    closed_unconfirmed: _builtins.bool
+    """True when the window closed with one confirmation: completed without awards."""
+    reversed: _builtins.bool
+    """True once a moderator reversed the session's awards."""
     @_builtins.property
     def confirmed_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """The participants who confirmed so far (UUIDs, sorted)."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """While exactly one participant has confirmed: when the confirmation window closes. If the
+        other has not confirmed by then, the session is completed without awards.
+        """
+
+    @_builtins.property
+    def capped_user_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Participants whose point a daily cap withheld (PAIR_DAILY_AWARD_LIMIT or
+        USER_DAILY_AWARD_LIMIT); their ledger has a 0-delta event naming the cap instead.
+        """
 
     def __init__(
         self,
@@ -124,10 +156,14 @@ class Confirmation(_message.Message):
         reputation_awarded: _builtins.bool = ...,
         session_status: _sessions_pb2.SessionStatus.ValueType = ...,
         completion_pending: _builtins.bool = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+        capped_user_ids: _abc.Iterable[_builtins.str] | None = ...,
+        closed_unconfirmed: _builtins.bool = ...,
+        reversed: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["both_confirmed", b"both_confirmed", "completion_pending", b"completion_pending", "confirmed_user_ids", b"confirmed_user_ids", "reputation_awarded", b"reputation_awarded", "session_id", b"session_id", "session_status", b"session_status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["both_confirmed", b"both_confirmed", "capped_user_ids", b"capped_user_ids", "closed_unconfirmed", b"closed_unconfirmed", "completion_pending", b"completion_pending", "confirmed_user_ids", b"confirmed_user_ids", "expire_time", b"expire_time", "reputation_awarded", b"reputation_awarded", "reversed", b"reversed", "session_id", b"session_id", "session_status", b"session_status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,6 +217,7 @@ class ReputationEvent(_message.Message):
     DELTA_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """The event's id (UUID)."""
     user_id: _builtins.str
@@ -190,7 +227,12 @@ class ReputationEvent(_message.Message):
     delta: _builtins.int
     """The change in score."""
     reason: _builtins.str
-    """Why, e.g. "MUTUAL_CONFIRMATION"."""
+    """Why: MUTUAL_CONFIRMATION (+1), CAPPED_PAIR_DAILY_LIMIT or CAPPED_USER_DAILY_LIMIT (0: a
+    daily cap withheld the point), PARTNER_DID_NOT_CONFIRM (0: the window closed), REVERSAL
+    (negative: a moderator reversed an award).
+    """
+    note: _builtins.str
+    """A moderator's reason, on REVERSAL events; empty otherwise."""
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was recorded."""
@@ -204,10 +246,11 @@ class ReputationEvent(_message.Message):
         delta: _builtins.int = ...,
         reason: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delta", b"delta", "event_id", b"event_id", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "delta", b"delta", "event_id", b"event_id", "note", b"note", "reason", b"reason", "session_id", b"session_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -340,3 +383,59 @@ class ListReputationEventsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListReputationEventsResponse: _TypeAlias = ListReputationEventsResponse  # noqa: Y015
+
+@_typing.final
+class ReverseSessionAwardsRequest(_message.Message):
+    """Request for ReverseSessionAwards."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The paired session (UUID)."""
+    reason: _builtins.str
+    """Why, for the ledger: 1..500 characters (code points), no NUL."""
+    request_id: _builtins.str
+    """Optional idempotency key (UUID), scoped to the calling service: a repeat answers for its
+    first call's session, whatever session_id says.
+    """
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseSessionAwardsRequest: _TypeAlias = ReverseSessionAwardsRequest  # noqa: Y015
+
+@_typing.final
+class ReverseSessionAwardsResponse(_message.Message):
+    """Response of ReverseSessionAwards."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    EVENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReputationEvent]:
+        """The compensating events, one per reversed award."""
+
+    def __init__(
+        self,
+        *,
+        events: _abc.Iterable[Global___ReputationEvent] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReverseSessionAwardsResponse: _TypeAlias = ReverseSessionAwardsResponse  # noqa: Y015

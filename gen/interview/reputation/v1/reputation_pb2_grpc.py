@@ -71,8 +71,9 @@ class ReputationServiceServicer:
         exactly once and completes the session in the session service (before replying when
         that service answers; otherwise completion_pending is true and a relay finishes it).
         Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, NOT_A_PAIRED_SESSION,
-        SESSION_ALREADY_COMPLETED, SESSIONS_UNAVAILABLE (nothing recorded).
-        A repeated request_id answers for the session of the first call.
+        SESSION_ALREADY_COMPLETED, CONFIRMATION_WINDOW_CLOSED, SESSIONS_UNAVAILABLE (nothing
+        recorded). A repeated request_id answers for the session of the first call. A daily cap
+        (per pair of users, per user) can withhold a participant's point: see capped_user_ids.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,7 +96,8 @@ class ReputationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListReputationEvents(self, request, context):
-        """Any user's ledger, newest first; an empty user_id means the caller.
+        """Any user's ledger, newest first; an empty user_id means the caller. Who was paired with
+        whom is private: session_id is empty on events of sessions the caller did not take part in.
         Reasons: INVALID_ARGUMENT (bad id, page size or token).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -237,6 +239,88 @@ class ReputationService:
             '/interview.reputation.v1.ReputationService/ListReputationEvents',
             interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsRequest.SerializeToString,
             interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class ReputationInternalServiceStub:
+    """Moderation. Every call needs a service token with role `reputation.moderate` (signed by a key
+    in this service's SERVICE_TOKEN_JWKS_FILE); anything else is PERMISSION_DENIED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ReverseSessionAwards = channel.unary_unary(
+                '/interview.reputation.v1.ReputationInternalService/ReverseSessionAwards',
+                request_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ReverseSessionAwardsRequest.SerializeToString,
+                response_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ReverseSessionAwardsResponse.FromString,
+                _registered_method=True)
+
+
+class ReputationInternalServiceServicer:
+    """Moderation. Every call needs a service token with role `reputation.moderate` (signed by a key
+    in this service's SERVICE_TOKEN_JWKS_FILE); anything else is PERMISSION_DENIED.
+    """
+
+    def ReverseSessionAwards(self, request, context):
+        """Reverses every positive award of the session with a compensating REVERSAL event (note =
+        `reason`); scores and confirmed_sessions follow in the same transaction. Idempotent: a
+        repeat, with any reason, writes nothing and returns the first reversal's events.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (no confirmation of it here), NOT_AWARDED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_ReputationInternalServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ReverseSessionAwards': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReverseSessionAwards,
+                    request_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ReverseSessionAwardsRequest.FromString,
+                    response_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ReverseSessionAwardsResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'interview.reputation.v1.ReputationInternalService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('interview.reputation.v1.ReputationInternalService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class ReputationInternalService:
+    """Moderation. Every call needs a service token with role `reputation.moderate` (signed by a key
+    in this service's SERVICE_TOKEN_JWKS_FILE); anything else is PERMISSION_DENIED.
+    """
+
+    @staticmethod
+    def ReverseSessionAwards(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interview.reputation.v1.ReputationInternalService/ReverseSessionAwards',
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.ReverseSessionAwardsRequest.SerializeToString,
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.ReverseSessionAwardsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,8 +42,9 @@ class ReputationServiceStub:
     exactly once and completes the session in the session service (before replying when
     that service answers; otherwise completion_pending is true and a relay finishes it).
     Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, NOT_A_PAIRED_SESSION,
-    SESSION_ALREADY_COMPLETED, SESSIONS_UNAVAILABLE (nothing recorded).
-    A repeated request_id answers for the session of the first call.
+    SESSION_ALREADY_COMPLETED, CONFIRMATION_WINDOW_CLOSED, SESSIONS_UNAVAILABLE (nothing
+    recorded). A repeated request_id answers for the session of the first call. A daily cap
+    (per pair of users, per user) can withhold a participant's point: see capped_user_ids.
     """
     GetConfirmation: _grpc.UnaryUnaryMultiCallable[_reputation_pb2.GetConfirmationRequest, _reputation_pb2.Confirmation]
     """The confirmation state of a paired session the caller participates in, changing nothing.
@@ -54,7 +55,8 @@ class ReputationServiceStub:
     Reasons: INVALID_ARGUMENT.
     """
     ListReputationEvents: _grpc.UnaryUnaryMultiCallable[_reputation_pb2.ListReputationEventsRequest, _reputation_pb2.ListReputationEventsResponse]
-    """Any user's ledger, newest first; an empty user_id means the caller.
+    """Any user's ledger, newest first; an empty user_id means the caller. Who was paired with
+    whom is private: session_id is empty on events of sessions the caller did not take part in.
     Reasons: INVALID_ARGUMENT (bad id, page size or token).
     """
 
@@ -72,8 +74,9 @@ class ReputationServiceAsyncStub(ReputationServiceStub):
     exactly once and completes the session in the session service (before replying when
     that service answers; otherwise completion_pending is true and a relay finishes it).
     Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, NOT_A_PAIRED_SESSION,
-    SESSION_ALREADY_COMPLETED, SESSIONS_UNAVAILABLE (nothing recorded).
-    A repeated request_id answers for the session of the first call.
+    SESSION_ALREADY_COMPLETED, CONFIRMATION_WINDOW_CLOSED, SESSIONS_UNAVAILABLE (nothing
+    recorded). A repeated request_id answers for the session of the first call. A daily cap
+    (per pair of users, per user) can withhold a participant's point: see capped_user_ids.
     """
     GetConfirmation: _aio.UnaryUnaryMultiCallable[_reputation_pb2.GetConfirmationRequest, _reputation_pb2.Confirmation]  # type: ignore[assignment]
     """The confirmation state of a paired session the caller participates in, changing nothing.
@@ -84,7 +87,8 @@ class ReputationServiceAsyncStub(ReputationServiceStub):
     Reasons: INVALID_ARGUMENT.
     """
     ListReputationEvents: _aio.UnaryUnaryMultiCallable[_reputation_pb2.ListReputationEventsRequest, _reputation_pb2.ListReputationEventsResponse]  # type: ignore[assignment]
-    """Any user's ledger, newest first; an empty user_id means the caller.
+    """Any user's ledger, newest first; an empty user_id means the caller. Who was paired with
+    whom is private: session_id is empty on events of sessions the caller did not take part in.
     Reasons: INVALID_ARGUMENT (bad id, page size or token).
     """
 
@@ -105,8 +109,9 @@ class ReputationServiceServicer(metaclass=_abc_1.ABCMeta):
         exactly once and completes the session in the session service (before replying when
         that service answers; otherwise completion_pending is true and a relay finishes it).
         Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, NOT_A_PAIRED_SESSION,
-        SESSION_ALREADY_COMPLETED, SESSIONS_UNAVAILABLE (nothing recorded).
-        A repeated request_id answers for the session of the first call.
+        SESSION_ALREADY_COMPLETED, CONFIRMATION_WINDOW_CLOSED, SESSIONS_UNAVAILABLE (nothing
+        recorded). A repeated request_id answers for the session of the first call. A daily cap
+        (per pair of users, per user) can withhold a participant's point: see capped_user_ids.
         """
 
     @_abc_1.abstractmethod
@@ -135,8 +140,58 @@ class ReputationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _reputation_pb2.ListReputationEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_reputation_pb2.ListReputationEventsResponse, _abc.Awaitable[_reputation_pb2.ListReputationEventsResponse]]:
-        """Any user's ledger, newest first; an empty user_id means the caller.
+        """Any user's ledger, newest first; an empty user_id means the caller. Who was paired with
+        whom is private: session_id is empty on events of sessions the caller did not take part in.
         Reasons: INVALID_ARGUMENT (bad id, page size or token).
         """
 
 def add_ReputationServiceServicer_to_server(servicer: ReputationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class ReputationInternalServiceStub:
+    """Moderation. Every call needs a service token with role `reputation.moderate` (signed by a key
+    in this service's SERVICE_TOKEN_JWKS_FILE); anything else is PERMISSION_DENIED.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> ReputationInternalServiceAsyncStub: ...
+    ReverseSessionAwards: _grpc.UnaryUnaryMultiCallable[_reputation_pb2.ReverseSessionAwardsRequest, _reputation_pb2.ReverseSessionAwardsResponse]
+    """Reverses every positive award of the session with a compensating REVERSAL event (note =
+    `reason`); scores and confirmed_sessions follow in the same transaction. Idempotent: a
+    repeat, with any reason, writes nothing and returns the first reversal's events.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (no confirmation of it here), NOT_AWARDED.
+    """
+
+@_typing.type_check_only
+class ReputationInternalServiceAsyncStub(ReputationInternalServiceStub):
+    """Moderation. Every call needs a service token with role `reputation.moderate` (signed by a key
+    in this service's SERVICE_TOKEN_JWKS_FILE); anything else is PERMISSION_DENIED.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    ReverseSessionAwards: _aio.UnaryUnaryMultiCallable[_reputation_pb2.ReverseSessionAwardsRequest, _reputation_pb2.ReverseSessionAwardsResponse]  # type: ignore[assignment]
+    """Reverses every positive award of the session with a compensating REVERSAL event (note =
+    `reason`); scores and confirmed_sessions follow in the same transaction. Idempotent: a
+    repeat, with any reason, writes nothing and returns the first reversal's events.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (no confirmation of it here), NOT_AWARDED.
+    """
+
+class ReputationInternalServiceServicer(metaclass=_abc_1.ABCMeta):
+    """Moderation. Every call needs a service token with role `reputation.moderate` (signed by a key
+    in this service's SERVICE_TOKEN_JWKS_FILE); anything else is PERMISSION_DENIED.
+    """
+
+    @_abc_1.abstractmethod
+    def ReverseSessionAwards(
+        self,
+        request: _reputation_pb2.ReverseSessionAwardsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reputation_pb2.ReverseSessionAwardsResponse, _abc.Awaitable[_reputation_pb2.ReverseSessionAwardsResponse]]:
+        """Reverses every positive award of the session with a compensating REVERSAL event (note =
+        `reason`); scores and confirmed_sessions follow in the same transaction. Idempotent: a
+        repeat, with any reason, writes nothing and returns the first reversal's events.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (no confirmation of it here), NOT_AWARDED.
+        """
+
+def add_ReputationInternalServiceServicer_to_server(servicer: ReputationInternalServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,147 @@
+"""The confirmation use cases: ConfirmCompletion (look the session up, decide and record in one
+transaction, deliver after commit) and GetConfirmation. Their rules are in domain.py; the
+servicer validates, calls one of these and converts the View."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from common.db import connection
+from reputation_service import domain, relay, store
+from reputation_service.domain import SessionFacts
+from reputation_service.sessions_client import SessionsClient
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The settings the confirmation rules run with."""
+
+    caps: domain.Caps
+    window: timedelta
+    lease: float  # OUTBOX_LEASE_SECONDS: the award's outbox row is born claimed for this long
+    max_backoff: float
+
+
+@dataclass(frozen=True)
+class View:
+    """What a caller sees of a session's confirmation: our rows (None before any confirmation),
+    the session's current status, and when the window closes while it is open."""
+
+    session_id: str
+    state: store.ConfirmationState | None
+    status: str
+    expire_time: datetime | None
+
+    @property
+    def completion_pending(self) -> bool:
+        """Decided or closed, and the session service not told yet (as far as we know)."""
+        state = self.state
+        return (
+            state is not None
+            and (state.decided or state.closed)
+            and not state.delivered
+            and self.status != domain.COMPLETED
+        )
+
+
+async def _state(db: AsyncEngine, session_id: str) -> store.ConfirmationState | None:
+    async with connection(db) as conn:
+        return await store.confirmation_state(conn, session_id)
+
+
+async def _participant_view(
+    db: AsyncEngine,
+    sessions: SessionsClient,
+    session_id: str,
+    caller: str,
+    for_confirming: bool,
+    deadline: float,
+) -> tuple[SessionFacts, store.ConfirmationState | None, str | None]:
+    """The session as far as `caller` may act on it, our rows for it if any, and the status the
+    session service gave if it was asked. Participants come from our rows when we have them
+    (they never change), otherwise from the session service."""
+    known = await _state(db, session_id)
+    looked_up = None
+    if known is None:
+        session = await sessions.lookup(session_id, deadline)
+        looked_up = session.status
+        if session.status == domain.COMPLETED:
+            # A concurrent confirmation may have completed it since we looked: our rows are
+            # committed before any delivery, so a second look tells the two cases apart.
+            known = await _state(db, session_id)
+    if known is not None:
+        session = known.session
+    refusal = domain.confirmation_refusal(session, caller, known is not None or not for_confirming)
+    if refusal is not None:
+        raise refusal
+    return session, known, looked_up
+
+
+async def _status(
+    sessions: SessionsClient, state: store.ConfirmationState, looked_up: str | None, deadline: float
+) -> str:
+    """The session's status now: COMPLETED once our completion was delivered (terminal); otherwise
+    the session service's word (pauses and resumes happen there), from the lookup this call
+    already made or asked now. No answer: SESSIONS_UNAVAILABLE."""
+    if state.delivered:
+        return domain.COMPLETED
+    if looked_up is not None:
+        return looked_up
+    return (await sessions.lookup(state.session.session_id, deadline)).status
+
+
+def _view(state: store.ConfirmationState, status: str, rules: Rules) -> View:
+    expires = (
+        None if state.closed else domain.expire_time(state.first_confirm_time, rules.window, state.decided)
+    )
+    return View(state.session.session_id, state, status, expires)
+
+
+async def confirm_completion(
+    db: AsyncEngine,
+    sessions: SessionsClient,
+    rules: Rules,
+    caller: str,
+    session_id: str,
+    request_id: str | None,
+    deadline: float,
+) -> View:
+    """Records `caller`'s confirmation of `session_id`; the second participant's decides the
+    awards and completes the session in the session service (now if it answers within `deadline`
+    else through the relay). A repeated `request_id` answers for its first call's session."""
+    if request_id is not None:
+        async with connection(db) as conn:
+            session_id = await store.session_of_request(conn, caller, request_id) or session_id
+    session, _, looked_up = await _participant_view(db, sessions, session_id, caller, True, deadline)
+    # Taken before the transaction whose now() starts the outbox row's lease.
+    lease_end = asyncio.get_running_loop().time() + rules.lease
+    state, queued = await store.confirm(
+        db, session, caller, request_id, rules.caps, rules.window, rules.lease
+    )
+    if state.closed:
+        refusal = domain.closed_refusal(session_id, state.confirmed_user_ids, caller)
+        if refusal is not None:
+            raise refusal
+    if queued:
+        delivered = await relay.deliver(db, sessions, session_id, 1, deadline, lease_end, rules.max_backoff)
+        state = replace(state, delivered=delivered)
+        if not delivered:
+            # This call decided the award: its reply reports it although the session service just
+            # failed us, with the last status we saw; the relay finishes the job.
+            return _view(state, looked_up or state.session.status, rules)
+    return _view(state, await _status(sessions, state, looked_up, deadline), rules)
+
+
+async def get_confirmation(
+    db: AsyncEngine, sessions: SessionsClient, rules: Rules, caller: str, session_id: str, deadline: float
+) -> View:
+    """Where the confirmation of `session_id` stands, changing nothing."""
+    # The view may have found our rows on a second look (a confirmation completed it meanwhile).
+    session, known, looked_up = await _participant_view(db, sessions, session_id, caller, False, deadline)
+    if known is None:
+        return View(session_id, None, session.status, None)
+    return _view(known, await _status(sessions, known, looked_up, deadline), rules)
