@@ -145,8 +145,9 @@ async def test_two_relays_facing_a_black_hole_attempt_each_row_under_its_lease_a
     assert min(attempts.values()) >= 4  # three in the black hole, one delivered
     assert {s: gate.forwarded[(COMPLETE, s)] for s in ids} == dict.fromkeys(ids, 1)
     assert [s for s in ids if overlapping(gate.spans[(COMPLETE, s)])] == []
-    # Each attempt, inline or relayed, carried the configured deadline (seen a hair off at the gate).
-    assert all(b is not None and 0.4 < b <= 0.5 + 0.05 for b in gate.budgets[COMPLETE])
+    # Each attempt, inline or relayed, carried the configured deadline, never more. The gate sees
+    # it after the call's trip through a loaded event loop, so the lower bound leaves room for that.
+    assert all(b is not None and 0.25 < b <= 0.5 + 0.05 for b in gate.budgets[COMPLETE])
     assert all(row["dead_time"] is None for row in rows.values())
     assert await session_statuses(stack.db, ids) == Counter({"completed": len(ids)})
     delivered = Counter(event["session_id"] for event in relay_events(caplog, "delivered"))
