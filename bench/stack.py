@@ -20,8 +20,6 @@ import time
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ed25519
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.procs import (
@@ -33,10 +31,10 @@ from bench.procs import (
     reset_peak_rss,
     terminate,
 )
-from common.auth.signing import public_jwk
+from common import keygen
 from common.config import JwtSettings, TlsSettings, positive_int
 from common.db import start_embedded, stop_embedded
-from common.devcerts import write_dev_certificates, write_private
+from common.devcerts import write_dev_certificates
 from common.tls import sync_channel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,16 +85,10 @@ class Stack:
     @staticmethod
     def _service_keys(directory: Path) -> dict[str, str]:
         """The reputation service's service-token key (0600) and the JWK Set the receivers trust."""
-        key = ed25519.Ed25519PrivateKey.generate()
-        pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        write_private(directory / "reputation.pem", pem)
-        jwks = directory / "service-jwks.json"
-        write_private(jwks, json.dumps({"keys": [public_jwk(key, SERVICE_KEY_ID)]}).encode())
+        jwks = keygen.service_keys(directory, [SERVICE_KEY_ID])
         return {
             "SERVICE_TOKEN_JWKS_FILE": str(jwks),
-            "SERVICE_SIGNING_KEY_FILE": str(directory / "reputation.pem"),
+            "SERVICE_SIGNING_KEY_FILE": str(keygen.service_key_file(directory, SERVICE_KEY_ID)),
             "SERVICE_SIGNING_KEY_ID": SERVICE_KEY_ID,
         }
 

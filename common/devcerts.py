@@ -12,6 +12,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -33,8 +34,9 @@ def _key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256R1())
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(
+def private_pem(key: Any) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM (for files written with `write_private`)."""
+    return key.private_bytes(  # type: ignore[no-any-return]
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
@@ -111,7 +113,7 @@ def write_dev_certificates(
                 x509.SubjectAlternativeName([_alt_name(n) for n in names]), critical=False
             )
         cert = builder.sign(ca_key, hashes.SHA256())
-        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+        return cert.public_bytes(serialization.Encoding.PEM), private_pem(key)
 
     both = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
     server_cert, server_key = leaf(hosts[0], hosts, both)

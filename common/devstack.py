@@ -35,8 +35,8 @@ from common.auth import INTERNAL_ROLE, ServiceTokenSigner, mint
 from common.auth.signing import SERVICE_TOKEN_MAX_LIFETIME_SECONDS, load_private_key
 from common.config import ConfigError, TlsSettings, jwt_settings, listen_address, tls_settings
 from common.db import start_embedded, stop_embedded
-from common.devcerts import write_dev_certificates
-from common.keygen import TLS_DIR, made_once, private_pem, service_key_file, service_keys
+from common.devcerts import private_pem, write_dev_certificates
+from common.keygen import TLS_DIR, made_once, service_key_file, service_keys
 from common.tls import sync_channel
 
 READY_TIMEOUT_SECONDS = 60

@@ -13,13 +13,11 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from common.auth.signing import load_private_key, public_jwk
-from common.devcerts import write_dev_certificates, write_private
+from common.devcerts import private_pem, write_dev_certificates, write_private
 
 SERVICE_JWKS = "service-jwks.json"
 TLS_DIR = "tls"
@@ -32,12 +30,6 @@ def made_once(path: Path, make: Callable[[], bytes]) -> bytes:
     except FileExistsError:
         pass
     return path.read_bytes()
-
-
-def private_pem(key: Any) -> bytes:
-    return key.private_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def service_key_file(directory: Path, kid: str) -> Path:

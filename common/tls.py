@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from common.client import tls_credentials
 from common.config import TlsSettings
 
 
@@ -27,11 +28,7 @@ def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials:
 
 def channel_credentials(tls: TlsSettings) -> grpc.ChannelCredentials:
     """Trust `ca_file` (the system roots when unset) and present our certificate if we have one."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(tls.ca_file),
-        private_key=_read(tls.key_file),
-        certificate_chain=_read(tls.cert_file),
-    )
+    return tls_credentials(tls.ca_file or None, tls.cert_file or None, tls.key_file or None)
 
 
 def aio_channel(target: str, tls: TlsSettings | None, options: list[tuple[str, Any]]) -> grpc.aio.Channel:

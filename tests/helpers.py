@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -31,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.auth import INTERNAL_ROLE, ServiceTokenSigner, mint
 from common.auth.signing import public_jwk
 from common.config import JwtSettings, ServiceSigning
-from common.devcerts import write_private
+from common.devcerts import private_pem, write_private
 from reputation_service import config as reputation_config
 from session_service import config as session_config
 
@@ -84,12 +83,6 @@ def user_metadata(
 
 def new_private_key() -> ed25519.Ed25519PrivateKey:
     return ed25519.Ed25519PrivateKey.generate()
-
-
-def private_pem(key: Any) -> bytes:
-    return key.private_bytes(  # type: ignore[no-any-return]
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
 
 
 def write_jwks(path: Path, keys: dict[str, Any]) -> None:
