@@ -24,12 +24,15 @@ test: $(READY)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # GEN_OUT lets the freshness test generate into a scratch folder with the same recipe.
+# descriptors.binpb keeps the proto comments (generated modules drop them) for server reflection.
 GEN_OUT ?= gen
 gen: $(READY)
-	rm -rf $(GEN_OUT)/interview && mkdir -p $(GEN_OUT)
+	rm -rf $(GEN_OUT)/interview && mkdir -p $(GEN_OUT)/interview
 	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m grpc_tools.protoc -Iprotos \
 	  --python_out=$(GEN_OUT) --grpc_python_out=$(GEN_OUT) \
-	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) $(PROTOS)
+	  --mypy_out=$(GEN_OUT) --mypy_grpc_out=$(GEN_OUT) \
+	  --descriptor_set_out=$(GEN_OUT)/interview/descriptors.binpb --include_source_info --include_imports \
+	  $(PROTOS)
 	find $(GEN_OUT)/interview -type d -exec touch {}/__init__.py \;
 
 # USER=<uuid> for a user token, or SERVICE=<name> [ROLES=a,b] for a service token. SERVICE is

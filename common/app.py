@@ -18,6 +18,7 @@ from common.auth import Access, Authenticator
 from common.config import TlsSettings
 from common.interceptor import CallInterceptor
 from common.metrics import Metrics
+from common.reflection import enable_documented_reflection
 from common.tls import server_credentials
 
 log = logging.getLogger("rpc")
@@ -153,7 +154,7 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.name for b in bindings]
-    reflection.enable_server_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_documented_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
     try:
         if tls.serving:
             port = server.add_secure_port(listen, server_credentials(tls))

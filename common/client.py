@@ -8,14 +8,15 @@ from dataclasses import dataclass
 from typing import Any, Generic, Self, TypedDict, TypeVar, cast
 
 import grpc
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
+from google.rpc import error_details_pb2, status_pb2
 from interview.reputation.v1 import reputation_pb2
 from interview.sessions.v1 import sessions_pb2
 
 # Returns the bearer token for the next call; called once per call so a caller can refresh tokens.
 TokenProvider = Callable[[], str]
 DEFAULT_DEADLINE = 5.0  # seconds for a whole call, retries included
+# The trailing metadata entry in which a failed call carries its google.rpc.Status, details included.
+STATUS_DETAILS_KEY = "grpc-status-details-bin"
 # Every service of our contracts: a channel's retry policy covers whichever of them it calls.
 SERVICES = [
     service.full_name
@@ -83,9 +84,11 @@ class CallOptions(TypedDict):
 
 def error_reason(error: grpc.RpcError) -> str | None:
     """The google.rpc.ErrorInfo reason of a failed call (e.g. "SESSION_NOT_FOUND"), if it has one."""
-    # Sync and aio errors both carry code(), details() and trailing_metadata(), all from_call reads.
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    for detail in status.details if status is not None else ():
+    # Sync and aio errors both carry trailing_metadata(), as (key, value) pairs. Read directly (not
+    # with grpcio-status's from_call) so the clients need nothing beyond grpcio and the protos.
+    metadata = dict(cast(grpc.Call, error).trailing_metadata() or ())
+    status = status_pb2.Status.FromString(metadata.get(STATUS_DETAILS_KEY, b""))
+    for detail in status.details:
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
             info = error_details_pb2.ErrorInfo()
             detail.Unpack(info)

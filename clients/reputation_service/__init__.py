@@ -1,0 +1,1 @@
+../../reputation_service/__init__.py

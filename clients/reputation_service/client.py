@@ -1,0 +1,1 @@
+../../reputation_service/client.py
