@@ -14,11 +14,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from bench import report, seed
+from bench import plot, report, seed
 from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median, percentile
 from bench.loadgen import LoadPool
+from bench.progress import Progress
 from bench.stack import Stack
-from bench.workloads import SCENARIOS
+from bench.workloads import SCENARIOS, Data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCALE_SCENARIOS = ("GetSession", "ListSessions", "ListMessages")
@@ -71,15 +72,29 @@ SMOKE = replace(SMOKE, overload_limit=4)
 
 
 def _say(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
+    """A result, under the progress line of the step that measured it."""
+    print(f"    {line}", file=sys.stderr, flush=True)
 
 
-def _scenarios(runner: Runner, settings: Settings) -> dict[str, Any]:
+def _steps(settings: Settings) -> int:
+    """How many progress steps run() takes, counted before it starts so that every "n/N" is true."""
+    setup = 3  # the database, the small set, the services with the floors and the load processes
+    scale = 1 + 2 * len(SCALE_SCENARIOS)  # the large set seeded; each read on the small and large set
+    workers = 1 + 2 * len(settings.workers_scenarios)  # the restart with 2 workers; 1 and 2 workers
+    tls = 1 + len(settings.tls_scenarios)  # the restart on TLS, then each scenario
+    overload = 1 + len(settings.overload_scenarios)  # the restart with the limit, then each scenario
+    finish = 2  # the stack stopped, the report written
+    measured = len(SCENARIOS) * len(settings.concurrency)
+    return setup + measured + scale + workers + tls + overload + finish
+
+
+def _scenarios(runner: Runner, settings: Settings, progress: Progress) -> dict[str, Any]:
     """Every scenario at every concurrency; the kinds alternate within each repetition so a busy
     moment on the machine hits all of them alike."""
     results: dict[str, Any] = {}
     for scenario in SCENARIOS:
         for concurrency in settings.concurrency:
+            progress.step(f"{scenario} c={concurrency}: {', '.join(KINDS)}; {settings.repeat} run(s) each")
             runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
             for _ in range(settings.repeat):
                 for kind in KINDS:
@@ -92,16 +107,19 @@ def _scenarios(runner: Runner, settings: Settings) -> dict[str, Any]:
     return results
 
 
-def _workers(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
-    results: dict[str, Any] = {
-        s: {"concurrency": settings.workers_concurrency} for s in settings.workers_scenarios
-    }
+def _workers(runner: Runner, stack: Stack, settings: Settings, progress: Progress) -> dict[str, Any]:
+    """The services with one worker each (as the stack arrives: plaintext), then restarted with two."""
+    concurrency = settings.workers_concurrency
+    results: dict[str, Any] = {s: {"concurrency": concurrency} for s in settings.workers_scenarios}
     for workers in (1, 2):
-        if stack.workers != workers or stack.tls:
+        if stack.workers != workers:
+            progress.step(f"restarting the services with {workers} workers each")
             stack.stop_services()
             stack.start_services(workers)
+        each = f"{workers} worker{'s' * (workers > 1)} per service"
         for scenario in settings.workers_scenarios:
-            case = runner.case(scenario, "service", settings.workers_concurrency)
+            progress.step(f"{scenario} c={concurrency}, {each}; {settings.repeat} run(s)")
+            case = runner.case(scenario, "service", concurrency)
             results[scenario][str(workers)] = case
             _say(f"{scenario:18} {workers} worker(s) {case['ops_per_s']:9,.0f} ops/s")
     for case in results.values():
@@ -109,15 +127,18 @@ def _workers(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]
     return results
 
 
-def _tls(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
+def _tls(runner: Runner, stack: Stack, settings: Settings, progress: Progress) -> dict[str, Any]:
     """The hot RPCs with the services (one worker each) serving mutual TLS, against the fused floor
     over TLS, the echo floor over TLS and, in the same repetitions, the fused floor over plaintext."""
     began = time.monotonic()
+    progress.step("restarting the services (1 worker each) on mutual TLS")
     stack.stop_services()
     stack.start_services(1, tls=True)
     concurrency = settings.tls_concurrency
     results: dict[str, Any] = {}
+    kinds_named = ", ".join(TLS_KINDS).replace("_", " ")
     for scenario in settings.tls_scenarios:
+        progress.step(f"{scenario} c={concurrency} over TLS: {kinds_named}; {settings.repeat} run(s) each")
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in TLS_KINDS}
         for _ in range(settings.repeat):
             for name, (kind, tls) in TLS_KINDS.items():
@@ -157,7 +178,7 @@ def _server_side(durations: dict[str, list[float]]) -> dict[str, float]:
     return figures
 
 
-def _overload(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any]:
+def _overload(runner: Runner, stack: Stack, settings: Settings, progress: Progress) -> dict[str, Any]:
     """The session service (one worker, plaintext) restarted with MAX_CONCURRENT_RPCS = M; each
     scenario at concurrency M and at OVERLOAD_FACTOR x M, alternating within each repetition.
     Refused callers send their next call at once (closed loop, no backoff: the worst case). Each
@@ -165,12 +186,15 @@ def _overload(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any
     began = time.monotonic()
     limit = settings.overload_limit
     levels = {"limit": limit, "overload": OVERLOAD_FACTOR * limit}
+    progress.step(f"restarting the services (1 worker each), the session service with limit {limit}")
     stack.stop_services()
     stack.start_services(1, limit=limit)
     rss_start = stack.session_rss_mib("VmRSS")
     peak_reset = True
     results: dict[str, Any] = {}
     for scenario in settings.overload_scenarios:
+        both = " and ".join(f"c={concurrency}" for concurrency in levels.values())
+        progress.step(f"{scenario} at {both}, limit {limit}; {settings.repeat} run(s) each")
         runs: dict[str, list[dict[str, Any]]] = {level: [] for level in levels}
         for _ in range(settings.repeat):
             for level, concurrency in levels.items():
@@ -210,12 +234,23 @@ def _overload(runner: Runner, stack: Stack, settings: Settings) -> dict[str, Any
     }
 
 
-def _scale(runner: Runner, stack: Stack, settings: Settings, small: dict[str, Any]) -> dict[str, Any]:
+def _reads(runner: Runner, settings: Settings, progress: Progress, size: int, data: Data) -> dict[str, Any]:
+    """The scale scenarios at concurrency 1 on one seeded set."""
+    cases = {}
+    for name in SCALE_SCENARIOS:
+        progress.step(f"{name} c=1 on the {size:,}-session set: service; {settings.repeat} run(s)")
+        cases[name] = runner.case(name, "service", 1, data)
+    return cases
+
+
+def _scale(
+    runner: Runner, stack: Stack, settings: Settings, progress: Progress, small: dict[str, Any]
+) -> dict[str, Any]:
     """Seeds the large set next to the small one and measures the same reads on it."""
-    _say(f"seeding {settings.large:,} sessions")
+    progress.step(f"seeding {settings.large:,} more sessions")
     large_data, rows, seconds = asyncio.run(seed.seed_set(stack.dsns[0], "large", settings.large))
     data = replace(runner.data, set_tag=large_data.set_tag, set_size=large_data.set_size)
-    large = {name: runner.case(name, "service", 1, data) for name in SCALE_SCENARIOS}
+    large = _reads(runner, settings, progress, settings.large, data)
     cases = {name: {"small": small[name], "large": large[name]} for name in SCALE_SCENARIOS}
     for case in cases.values():
         for figure in ("p50", "p99"):
@@ -232,16 +267,24 @@ def _scale(runner: Runner, stack: Stack, settings: Settings, small: dict[str, An
 
 def run(settings: Settings, out: Path) -> Path:
     began = time.monotonic()
+    progress = Progress("bench", _steps(settings))
     result: dict[str, Any] = {"settings": asdict(settings)}
     with tempfile.TemporaryDirectory(prefix="bench-") as folder, contextlib.ExitStack() as cleanup:
         stack = Stack(Path(folder))
         cleanup.callback(stack.close)  # runs last, after the load processes are gone
+        progress.step("starting PostgreSQL and migrating both schemas")
         stack.start_database()
         stack.migrate()
         result["machine"] = report.machine(asyncio.run(report.postgres_version(stack.dsns[0])))
         result["settings"]["pool_size"] = stack.pool_size
+        progress.step(
+            f"seeding {settings.small:,} sessions and a {settings.conversation:,}-message conversation"
+        )
         data, small_rows, small_seconds = asyncio.run(
             seed.seed_set(stack.dsns[0], "small", settings.small, settings.conversation)
+        )
+        progress.step(
+            f"starting the services, the echo and fused floors and {settings.clients} load processes"
         )
         stack.start_services(1)
         for floor in ("echo", "fused"):
@@ -250,20 +293,24 @@ def run(settings: Settings, out: Path) -> Path:
         cleanup.callback(pool.close)
         timing = Timing(settings.warmup, settings.window, settings.repeat, settings.lead)
         runner = Runner(stack, pool, timing, data)
-        _say(f"stack ready in {time.monotonic() - began:.1f} s; measuring")
-        small = {name: runner.case(name, "service", 1) for name in SCALE_SCENARIOS}
-        result["scenarios"] = _scenarios(runner, settings)
-        result["scale"] = _scale(runner, stack, settings, small)
+        small = _reads(runner, settings, progress, settings.small, data)
+        result["scenarios"] = _scenarios(runner, settings, progress)
+        result["scale"] = _scale(runner, stack, settings, progress, small)
         result["scale"]["rows"]["small"] = small_rows
         result["scale"]["seed_seconds"]["small"] = small_seconds
-        result["workers"] = _workers(runner, stack, settings)
-        result["tls"] = _tls(runner, stack, settings)
-        result["overload"] = _overload(runner, stack, settings)  # last: no later section needs 512
+        result["workers"] = _workers(runner, stack, settings, progress)
+        result["tls"] = _tls(runner, stack, settings, progress)
+        # Last: no later section needs the services without their limit.
+        result["overload"] = _overload(runner, stack, settings, progress)
+        progress.step("stopping the load processes, the services, the floors and PostgreSQL")
         cleanup.close()
         result["peak_rss_mib"] = stack.peaks
     result["machine"]["load_average_at_end"] = os.getloadavg()
     result["wall_seconds"] = time.monotonic() - began
-    return report.write(result, out)
+    progress.step(f"writing latest.md, latest.json and latest.png to {out}")
+    path = report.write(result, out)
+    plot.draw(result, out / "latest.png")
+    return path
 
 
 def main(argv: list[str]) -> int:
@@ -282,7 +329,7 @@ def main(argv: list[str]) -> int:
     overrides = {"repeat": args.repeat, "window": args.window, "clients": args.clients}
     settings = replace(settings, **{key: value for key, value in overrides.items() if value})
     path = run(settings, args.out)
-    print(f"report: {path} (and {path.with_suffix('.json')})")
+    print(f"report: {path} (and {path.with_suffix('.json')}, {path.with_suffix('.png')})")
     return 0
 
 

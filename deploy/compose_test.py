@@ -5,7 +5,8 @@ an end-to-end scenario against every replica (solo lifecycle per session replica
 confirmed through different reputation replicas, a token signed with a wrong key refused, a client
 without a certificate refused), then faults under load (a session replica killed, PostgreSQL
 restarted, every session replica stopped while pairs confirm, PgBouncer restarted). Prints one line
-per step and a summary with counts; exits 1 on any miss; always tears the stack down.
+per step on stderr as it starts ("[compose-test 5/9 2:41] ...", with the time since the start) and a
+summary with counts on stdout; exits 1 on any miss; always tears the stack down.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from common.client import channel_options, error_reason
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = "interview-compose-test"
-STEPS = 9
+STEPS = 9  # config and build, up, the six scenarios below, teardown
 UP_TIMEOUT_SECONDS = 300
 LOAD_TASKS = 6
 CALL_DEADLINE = 5.0
@@ -47,8 +48,16 @@ RETRYABLE = {("UNAVAILABLE", "DATABASE_UNAVAILABLE"), ("UNAVAILABLE", "SESSIONS_
 Outcome = tuple[str, str]
 
 
-def say(step: int, text: str) -> None:
-    print(f"[{step}/{STEPS}] {text}", flush=True)
+class Progress:
+    """Numbers each step by its place in the plan: a failure skips ahead to the teardown, always the
+    last step, so "n/STEPS" stays true."""
+
+    def __init__(self) -> None:
+        self.began = time.monotonic()
+
+    def say(self, step: int, text: str) -> None:
+        minutes, seconds = divmod(int(time.monotonic() - self.began), 60)
+        print(f"[compose-test {step}/{STEPS} {minutes}:{seconds:02}] {text}", file=sys.stderr, flush=True)
 
 
 def outcome_of(error: grpc.aio.AioRpcError) -> Outcome:
@@ -244,18 +253,18 @@ async def wait_healthy(stack: Stack, service: str) -> float:
     return time.monotonic()
 
 
-async def scenario(stack: Stack, misses: Misses) -> dict[str, Any]:
+async def scenario(stack: Stack, misses: Misses, progress: Progress) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     session_ports = stack.ports("session", 50051)
     reputation_ports = stack.ports("reputation", 50052)
 
-    say(3, f"end to end: solo lifecycle on each session replica {session_ports}")
+    progress.say(3, f"end to end: solo lifecycle on each session replica {session_ports}")
     for port in session_ports:
         async with stack.channel([port]) as channel:
             await solo_lifecycle(pb_grpc.SessionServiceStub(channel), stack.token(new_id()))
     summary["solo lifecycles"] = len(session_ports)
 
-    say(
+    progress.say(
         4,
         f"end to end: pairs confirmed through reputation replicas {reputation_ports}; refusals",
     )
@@ -303,7 +312,7 @@ async def scenario(stack: Stack, misses: Misses) -> dict[str, Any]:
     async with stack.channel(session_ports) as channel:
         sessions = pb_grpc.SessionServiceStub(channel)
 
-        say(5, "fault: one session replica killed under load")
+        progress.say(5, "fault: one session replica killed under load")
         victim = stack.containers("session")[0]
 
         async def kill() -> float:
@@ -318,11 +327,11 @@ async def scenario(stack: Stack, misses: Misses) -> dict[str, Any]:
         summary["kill one session replica"] = dict(outcomes)
         await wait_healthy(stack, "session")
 
-        say(6, "fault: postgres restarted under load")
+        progress.say(6, "fault: postgres restarted under load")
         await restart_under_load(stack, sessions, "postgres", misses, summary)
-        await pairs_while_sessions_stopped(stack, misses, summary)
+        await pairs_while_sessions_stopped(stack, misses, summary, progress)
     async with stack.channel(stack.ports("session", 50051)) as channel:
-        say(8, "fault: pgbouncer restarted under load")
+        progress.say(8, "fault: pgbouncer restarted under load")
         await restart_under_load(stack, pb_grpc.SessionServiceStub(channel), "pgbouncer", misses, summary)
     return summary
 
@@ -369,8 +378,10 @@ async def stubs(
         yield pb_grpc.SessionServiceStub(session_channel), rpb_grpc.ReputationServiceStub(reputation_channel)
 
 
-async def pairs_while_sessions_stopped(stack: Stack, misses: Misses, summary: dict[str, Any]) -> None:
-    say(7, "fault: every session replica stopped while pairs confirm")
+async def pairs_while_sessions_stopped(
+    stack: Stack, misses: Misses, summary: dict[str, Any], progress: Progress
+) -> None:
+    progress.say(7, "fault: every session replica stopped while pairs confirm")
     pairs_count = 10
     async with stubs(stack) as (sessions, reputation):
         pairs = [await paired(sessions, stack) for _ in range(pairs_count)]
@@ -417,32 +428,32 @@ async def pairs_while_sessions_stopped(stack: Stack, misses: Misses, summary: di
 
 
 def main() -> int:
-    began = time.monotonic()
+    progress = Progress()
     misses = Misses()
     summary: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="compose-test-") as folder:
         stack = Stack(Path(folder))
         try:
-            say(1, "checking the compose file (docker compose config) and building the images")
+            progress.say(1, "checking the compose file (docker compose config) and building the images")
             stack.compose("config", "--quiet", capture=True)
             stack.compose("build", capture=True)
-            say(2, "bringing the stack up (--wait)")
+            progress.say(2, "bringing the stack up (--wait)")
             stack.compose("up", "-d", "--wait", "--wait-timeout", str(UP_TIMEOUT_SECONDS), capture=True)
             stack.load_tls()
-            summary = asyncio.run(scenario(stack, misses))
+            summary = asyncio.run(scenario(stack, misses, progress))
         except Exception as error:
             misses.check(False, f"stopped early: {error!r}")
             with contextlib.suppress(Exception):
                 print(stack.compose("logs", "--tail", "40", capture=True)[-6000:])
         finally:
-            say(9, "tearing down")
+            progress.say(9, "tearing down")
             subprocess.run(
                 ["docker", "compose", "-p", PROJECT, "down", "-v", "--remove-orphans"],
                 cwd=ROOT,
                 env=stack.env,
                 capture_output=True,
             )
-    print(f"\ncompose-test summary ({time.monotonic() - began:.0f} s):")
+    print(f"\ncompose-test summary ({time.monotonic() - progress.began:.0f} s):")
     for name, figures in summary.items():
         print(f"  {name}: {figures}")
     if misses.found:

@@ -1,18 +1,45 @@
-"""`python -m bench --smoke`: the whole benchmark with tiny counts, as a process, report checked."""
+"""`python -m bench --smoke`: the whole benchmark with tiny counts, as a process, report, picture and
+progress checked; and the committed reference picture drawn from the committed report."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+
+from matplotlib import image
 
 from bench.cases import KINDS, TLS_KINDS
 from bench.workloads import SCENARIOS
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
 FIGURES = ("ops_per_s", "p50_ms", "p95_ms", "p99_ms", "cpu_us_per_call")
+PROGRESS = re.compile(r"^\[bench (\d+)/(\d+) (\d+):(\d\d)\] (.+)$", re.MULTILINE)
+
+
+def assert_a_picture(path: Path) -> tuple[int, int]:
+    """A PNG that decodes, big enough to read and not absurdly big; returns its height and width."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
+    height, width, _ = image.imread(path).shape
+    assert 1000 <= width <= 4000 and 800 <= height <= 4000, (path, width, height)
+    return height, width
+
+
+def assert_progress(stderr: str) -> None:
+    """One line per step, numbered 1 to N against the same N, with an elapsed time that never goes
+    back, and a step for every scenario."""
+    steps = PROGRESS.findall(stderr)
+    assert steps, stderr[-3000:]
+    total = int(steps[0][1])
+    assert [int(step[0]) for step in steps] == list(range(1, total + 1)), [step[:2] for step in steps]
+    assert {int(step[1]) for step in steps} == {total}
+    elapsed = [int(minutes) * 60 + int(seconds) for _, _, minutes, seconds, _ in steps]
+    assert elapsed == sorted(elapsed), elapsed
+    assert all(any(step[4].startswith(f"{name} ") for step in steps) for name in SCENARIOS), steps
 
 
 def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_report(tmp_path):
@@ -30,6 +57,8 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
     assert done.returncode == 0, done.stderr[-3000:]
     assert str(tmp_path / "latest.md") in done.stdout
     assert (tmp_path / "latest.md").read_text().startswith("# Benchmark")
+    assert_a_picture(tmp_path / "latest.png")
+    assert_progress(done.stderr)
     report = json.loads((tmp_path / "latest.json").read_text())
 
     assert set(report["scenarios"]) == set(SCENARIOS)
@@ -95,3 +124,17 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
     two_workers = [name for name in report["peak_rss_mib"] if "(2 workers)" in name]
     assert len(two_workers) == 4, report["peak_rss_mib"]  # two processes for each service
     assert all(mib > 0 for mib in report["peak_rss_mib"].values())
+
+
+def test_the_committed_reference_picture_is_drawn_from_the_committed_report(tmp_path):
+    drawn = tmp_path / "reference.png"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.plot", str(RESULTS / "reference.json"), str(drawn)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    # Same layout as the committed picture (the pixels may differ with the fonts at hand).
+    assert assert_a_picture(drawn) == assert_a_picture(RESULTS / "reference.png")
