@@ -21,7 +21,6 @@ from typing import Any
 
 import grpc
 import jwt
-from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from bench import sqlpaths
@@ -30,7 +29,10 @@ from common.app import SERVER_OPTIONS
 from common.auth.verify import LEEWAY_SECONDS
 from common.config import jwt_settings, page_token_secret, positive_int, tls_settings
 from common.tls import server_credentials
-from session_service.api import STATUS_NUMBERS, message_pb, session_pb
+from reputation_service import domain as reputation_domain
+from reputation_service.api import confirmation_pb
+from reputation_service.confirming import View
+from session_service.api import message_pb, session_pb
 from session_service.store import micros
 
 ECHO_SERVICE = "/bench.Echo/"
@@ -74,17 +76,11 @@ def reply(pools: sqlpaths.Pools, scenario: str, caller: str, request: Any, resul
     if scenario == "AppendMessage":
         return message_pb(result)
     if scenario == "ConfirmCompletion":
-        confirmed = list(result["confirmed_user_ids"])
-        delivered = result["deliver_time"] is not None
-        awarded = result["award_time"] is not None
-        return rpb.Confirmation(
-            session_id=str(result["session_id"]),
-            confirmed_user_ids=confirmed,
-            both_confirmed=len(confirmed) == 2,
-            reputation_awarded=awarded,
-            session_status=STATUS_NUMBERS["completed" if delivered else result["last_known_status"]],  # type: ignore[arg-type]
-            completion_pending=awarded and not delivered,
+        status = "completed" if result.delivered else result.session.status
+        expires = reputation_domain.expire_time(
+            result.first_confirm_time, sqlpaths.CONFIRMATION_WINDOW, result.decided
         )
+        return confirmation_pb(View(result.session.session_id, result, status, expires))
     return session_pb(result)
 
 

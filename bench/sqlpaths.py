@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any, TypeAlias
 
@@ -37,7 +37,6 @@ COMPLETE_PAIRED = session_store._TRANSITIONS[(domain.COMPLETE_PAIRED, False)]
 RETAKE = session_store._RETAKE
 QUESTION = session_store._QUESTION
 MESSAGES = session_store._MESSAGES
-STATE = reputation_store._STATE
 # The services' defaults: the floor decides awards with the same caps and window.
 CAPS = reputation_domain.Caps()
 CONFIRMATION_WINDOW = timedelta(days=7)
@@ -125,24 +124,32 @@ async def list_messages(db: Pools, caller: str, request: Any) -> list[asyncpg.Re
     return rows
 
 
-async def confirm_completion(db: Pools, caller: str, request: Any) -> asyncpg.Record:
+async def confirm_completion(db: Pools, caller: str, request: Any) -> reputation_store.ConfirmationState:
     """The reputation service's statements in its order, the session service's (LookupSession,
     CompletePairedSession) inline where it would call that service."""
     session_id = request.session_id
-    known = await _rows(db.reputation, STATE, session_id=session_id)
-    # Not known here yet: the reputation service would ask the session service (LookupSession).
-    session = _visible(known[0] if known else await _row(db.sessions, GET, session_id=session_id), caller)
-    owner, partner = str(session["user_id"]), str(session["partner_user_id"])
-    status = session["last_known_status"] if known else session["status"]
-    facts = SessionFacts(session_id=session_id, user_id=owner, partner_user_id=partner, status=status)
-    async with db.reputation.acquire() as conn, conn.transaction():
-        _, queued = await reputation_store.record_confirmation(
-            conn, facts, caller, None, CAPS, CONFIRMATION_WINDOW, OUTBOX_LEASE_SECONDS
+
+    async def record(facts: SessionFacts | None) -> tuple[reputation_store.ConfirmationState | None, bool]:
+        async with db.reputation.acquire() as conn:
+            return await reputation_store.confirm(
+                conn, session_id, caller, None, facts, CAPS, CONFIRMATION_WINDOW, OUTBOX_LEASE_SECONDS
+            )
+
+    state, queued = await record(None)
+    if state is None:
+        # Not known here yet: the reputation service would ask the session service (LookupSession).
+        found = _visible(await _row(db.sessions, GET, session_id=session_id), caller)
+        state, queued = await record(
+            SessionFacts(session_id, str(found["user_id"]), str(found["partner_user_id"]), found["status"])
         )
+        assert state is not None
+    if not state.session.has_participant(caller):
+        raise NotFound("session")
     if queued:
         await _row(db.sessions, COMPLETE_PAIRED, session_id=session_id)
         await _rows(db.reputation, DELIVERED, session_id=session_id)
-    return await _row(db.reputation, STATE, session_id=session_id)
+        state = replace(state, delivered=True)
+    return state
 
 
 PATHS: dict[str, Callable[[Pools, str, Any], Awaitable[Any]]] = {

@@ -53,18 +53,18 @@ async def _state(db: AsyncEngine, session_id: str) -> store.ConfirmationState | 
         return await store.confirmation_state(conn, session_id)
 
 
-async def _participant_view(
+async def participant_view(
     db: AsyncEngine,
     sessions: SessionsClient,
     session_id: str,
     caller: str,
+    known: store.ConfirmationState | None,
     for_confirming: bool,
     deadline: float,
 ) -> tuple[SessionFacts, store.ConfirmationState | None, str | None]:
-    """The session as far as `caller` may act on it, our rows for it if any, and the status the
-    session service gave if it was asked. Participants come from our rows when we have them
-    (they never change), otherwise from the session service."""
-    known = await _state(db, session_id)
+    """The session as far as `caller` may act on it, our rows for it if any (`known`, as just
+    read), and the status the session service gave if it was asked. Participants come from our
+    rows when we have them (they never change), otherwise from the session service."""
     looked_up = None
     if known is None:
         session = await sessions.lookup(session_id, deadline)
@@ -112,20 +112,34 @@ async def confirm_completion(
 ) -> View:
     """Records `caller`'s confirmation of `session_id`; the second participant's decides the
     awards and completes the session in the session service (now if it answers within `deadline`
-    else through the relay). A repeated `request_id` answers for its first call's session."""
-    if request_id is not None:
+    else through the relay). A repeated `request_id` answers for its first call's session.
+
+    A session we hold rows for is confirmed in one statement; one we do not know yet is looked up
+    in the session service first, and confirmed with the participants it gave."""
+
+    async def record(facts: SessionFacts | None) -> tuple[store.ConfirmationState | None, bool, float]:
+        # The lease's end is taken before the statement whose now() starts it.
+        lease_end = asyncio.get_running_loop().time() + rules.lease
         async with connection(db) as conn:
-            session_id = await store.session_of_request(conn, caller, request_id) or session_id
-    session, _, looked_up = await _participant_view(db, sessions, session_id, caller, True, deadline)
-    # Taken before the transaction whose now() starts the outbox row's lease.
-    lease_end = asyncio.get_running_loop().time() + rules.lease
-    state, queued = await store.confirm(
-        db, session, caller, request_id, rules.caps, rules.window, rules.lease
-    )
-    if state.closed:
+            state, queued = await store.confirm(
+                conn, session_id, caller, request_id, facts, rules.caps, rules.window, rules.lease
+            )
+        return state, queued, lease_end
+
+    state, queued, lease_end = await record(None)
+    looked_up = None
+    if state is None:
+        session, _, looked_up = await participant_view(
+            db, sessions, session_id, caller, None, True, deadline
+        )
+        state, queued, lease_end = await record(session)
+        assert state is not None
+    session_id = state.session.session_id
+    refusal = domain.confirmation_refusal(state.session, caller, known_locally=True)
+    if refusal is None and state.closed:
         refusal = domain.closed_refusal(session_id, state.confirmed_user_ids, caller)
-        if refusal is not None:
-            raise refusal
+    if refusal is not None:
+        raise refusal
     if queued:
         delivered = await relay.deliver(db, sessions, session_id, 1, deadline, lease_end, rules.max_backoff)
         state = replace(state, delivered=delivered)
@@ -141,7 +155,10 @@ async def get_confirmation(
 ) -> View:
     """Where the confirmation of `session_id` stands, changing nothing."""
     # The view may have found our rows on a second look (a confirmation completed it meanwhile).
-    session, known, looked_up = await _participant_view(db, sessions, session_id, caller, False, deadline)
+    known = await _state(db, session_id)
+    session, known, looked_up = await participant_view(
+        db, sessions, session_id, caller, known, False, deadline
+    )
     if known is None:
         return View(session_id, None, session.status, None)
     return _view(known, await _status(sessions, known, looked_up, deadline), rules)

@@ -1,20 +1,19 @@
-"""Confirmation rules with no I/O: who may confirm, who gets a point or which cap withholds it,
-when the confirmation window closes, what a repeat returns, how retries back off."""
+"""Confirmation rules with no I/O: who may confirm, when the confirmation window closes, what a
+repeat returns, how retries back off.
+
+Who gets a point or which cap withholds it, the award's UTC day and whether a window passed are
+decided in the award statement itself, under the counters' locks, by the pure SQL functions of
+migration 0004 (`reputation.award_reason`, `award_day`, `window_passed`), tested with plain values
+like these."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import datetime, timedelta
 
 from common.errors import FailedPrecondition, ServiceError, SessionNotFound
 
 ACTIVE, PAUSED, COMPLETED = "active", "paused", "completed"
-AWARD_DELTA = 1
-AWARD_REASON = "MUTUAL_CONFIRMATION"
-CAPPED_PAIR = "CAPPED_PAIR_DAILY_LIMIT"
-CAPPED_USER = "CAPPED_USER_DAILY_LIMIT"
-PARTNER_DID_NOT_CONFIRM = "PARTNER_DID_NOT_CONFIRM"
 REVERSAL = "REVERSAL"
 MAX_REVERSAL_NOTE = 500
 
@@ -62,37 +61,9 @@ class Caps:
     user_daily: int = 20
 
 
-def award_day(moment: datetime) -> date:
-    """The UTC day an award made at `moment` counts toward."""
-    return moment.astimezone(UTC).date()
-
-
-def award_decision(
-    caps: Caps, pair_sessions_today: int, user_points_today: Mapping[str, int]
-) -> dict[str, str]:
-    """For each participant, the ledger reason of their event for this session: AWARD_REASON (+1)
-    or the cap that withholds the point. `pair_sessions_today` counts the pair's sessions that
-    already earned one of them a point today; `user_points_today` each user's points today (both
-    as locked in the award's transaction, reversals included: a reversal frees no slot)."""
-    if caps.pair_daily and pair_sessions_today >= caps.pair_daily:
-        return dict.fromkeys(user_points_today, CAPPED_PAIR)
-    return {
-        user: CAPPED_USER if caps.user_daily and points >= caps.user_daily else AWARD_REASON
-        for user, points in user_points_today.items()
-    }
-
-
-def delta_of(reason: str) -> int:
-    return AWARD_DELTA if reason == AWARD_REASON else 0
-
-
 def expire_time(first_confirm_time: datetime | None, window: timedelta, decided: bool) -> datetime | None:
     """When the window of a half-confirmed session closes; None once decided or not yet confirmed."""
     return None if decided or first_confirm_time is None else first_confirm_time + window
-
-
-def window_passed(first_confirm_time: datetime | None, window: timedelta, now: datetime) -> bool:
-    return first_confirm_time is not None and now >= first_confirm_time + window
 
 
 def closed_refusal(session_id: str, confirmed_user_ids: list[str], caller: str) -> ServiceError | None:
