@@ -22,7 +22,9 @@ from bench.stack import Stack
 from bench.workloads import SCENARIOS, Data
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SCALE_SCENARIOS = ("GetSession", "ListSessions", "ListMessages")
+SCALE_SCENARIOS = ("GetSession", "ListSessions", "ListMessages", "ListLeaderboard")
+# ListLeaderboard's "large" case: the page after this share of the board's users (rank 900,000 of 1M).
+DEEP_RANK = 0.9
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,7 @@ def _say(line: str) -> None:
 
 def _steps(settings: Settings) -> int:
     """How many progress steps run() takes, counted before it starts so that every "n/N" is true."""
-    setup = 3  # the database, the small set, the services with the floors and the load processes
+    setup = 4  # the database, the small set, the board, the services with the floors and load processes
     scale = 1 + 2 * len(SCALE_SCENARIOS)  # the large set seeded; each read on the small and large set
     workers = 1 + 2 * len(settings.workers_scenarios)  # the restart with 2 workers; 1 and 2 workers
     tls = 1 + len(settings.tls_scenarios)  # the restart on TLS, then each scenario
@@ -249,7 +251,12 @@ def _scale(
     """Seeds the large set next to the small one and measures the same reads on it."""
     progress.step(f"seeding {settings.large:,} more sessions")
     large_data, rows, seconds = asyncio.run(seed.seed_set(stack.dsns[0], "large", settings.large))
-    data = replace(runner.data, set_tag=large_data.set_tag, set_size=large_data.set_size)
+    data = replace(
+        runner.data,
+        set_tag=large_data.set_tag,
+        set_size=large_data.set_size,
+        board_rank=int(DEEP_RANK * runner.data.board_size),
+    )
     large = _reads(runner, settings, progress, settings.large, data)
     cases = {name: {"small": small[name], "large": large[name]} for name in SCALE_SCENARIOS}
     for case in cases.values():
@@ -258,6 +265,7 @@ def _scale(
             case[f"{figure}_ratio"] = after / before if before else 0.0
     return {
         "sizes": {"small": settings.small, "large": settings.large},
+        "board": {"users": runner.data.board_size, "deep_rank": data.board_rank},
         "rows": {"large": rows},
         "seed_seconds": {"large": seconds},
         "conversation": settings.conversation,
@@ -283,6 +291,9 @@ def run(settings: Settings, out: Path) -> Path:
         data, small_rows, small_seconds = asyncio.run(
             seed.seed_set(stack.dsns[0], "small", settings.small, settings.conversation)
         )
+        progress.step(f"seeding the all-time leaderboard with {settings.large:,} users")
+        asyncio.run(seed.board(stack.dsns[1], settings.large))
+        data = replace(data, board_size=settings.large)
         progress.step(
             f"starting the services, the echo and fused floors and {settings.clients} load processes"
         )

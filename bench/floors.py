@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import jwt
+from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from bench import sqlpaths
@@ -75,6 +76,17 @@ def reply(pools: sqlpaths.Pools, scenario: str, caller: str, request: Any, resul
         return pb.ListMessagesResponse(messages=[message_pb(r) for r in result[:page]], next_page_token=token)
     if scenario == "AppendMessage":
         return message_pb(result)
+    if scenario == "ListLeaderboard":
+        _, rows, before = result
+        entries = [
+            rpb.LeaderboardEntry(rank=before + 1 + i, user_id=row["user_id"], score=row["score"])
+            for i, row in enumerate(rows[:page])
+        ]
+        token = ""
+        if len(rows) > page:
+            last = entries[-1]
+            token = pools.tokens.encode(f"leaderboard:{caller}:all", [0, last.rank, last.score, last.user_id])
+        return rpb.ListLeaderboardResponse(entries=entries, next_page_token=token)
     if scenario == "ConfirmCompletion":
         status = "completed" if result.delivered else result.session.status
         expires = reputation_domain.expire_time(

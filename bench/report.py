@@ -275,7 +275,10 @@ def _scale(scale: dict[str, Any]) -> list[str]:
         f"Concurrency 1. Seeded sets of {small:,} and {large:,} sessions (rows in the table then: "
         f"{rows_small:,} and {rows_large:,}); ListMessages pages through one session of "
         f"{scale['conversation']:,} messages. Seeding the large set took "
-        f"{scale['seed_seconds']['large']:.1f} s. Target: large/small p50 ≤ {SCALE_TARGET}.",
+        f"{scale['seed_seconds']['large']:.1f} s. ListLeaderboard pages the all-time board of "
+        f"{scale['board']['users']:,} users: its small column is the first page (rank 1), its large "
+        f"column the page after rank {scale['board']['deep_rank']:,}. "
+        f"Target: large/small p50 ≤ {SCALE_TARGET}.",
         "",
     ]
     rows = []

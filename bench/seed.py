@@ -45,6 +45,11 @@ INSERT INTO sessions.sessions (session_id, user_id, partner_user_id, job_posting
 SELECT {session}, {owner}, {partner}, {job}, '{status}', {complete_time}
   FROM generate_series(0, $1::bigint - 1) AS i
 """
+_BOARD = f"""
+INSERT INTO reputation.leaderboard (kind, period_start, user_id, score)
+SELECT 'all', date '1970-01-01', {sql_uid("board", "i")}, $1::bigint - i
+  FROM generate_series(0, $1::bigint - 1) AS i
+"""
 _BATCH_KINDS = {
     "CompleteSession": ("NULL", "active", "NULL"),
     "RetakeSession": ("NULL", "completed", "now()"),
@@ -115,6 +120,16 @@ async def row_counts(conn: asyncpg.Connection) -> dict[str, int]:
         "sessions": int(await conn.fetchval("SELECT count(*) FROM sessions.sessions")),
         "messages": int(await conn.fetchval("SELECT count(*) FROM sessions.messages")),
     }
+
+
+async def board(dsn: str, size: int) -> None:
+    """The all-time leaderboard with `size` users, as workloads.board_entry describes it, analyzed."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(_BOARD, size)
+        await conn.execute("ANALYZE reputation.leaderboard")
+    finally:
+        await conn.close()
 
 
 async def seed_set(dsn: str, tag: str, size: int, messages: int = 0) -> tuple[Data, dict[str, int], float]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
@@ -15,6 +15,7 @@ from common.db import Query
 from common.fields import PageTokens
 from reputation_service import domain as reputation_domain
 from reputation_service import store as reputation_store
+from reputation_service.api import LEADERBOARD_CURSOR
 from reputation_service.domain import SessionFacts
 from session_service import domain
 from session_service import store as session_store
@@ -152,6 +153,19 @@ async def confirm_completion(db: Pools, caller: str, request: Any) -> reputation
     return state
 
 
+async def list_leaderboard(db: Pools, caller: str, request: Any) -> tuple[date, list[asyncpg.Record], int]:
+    """The all-time board's page the service reads: its start, the rows and the rank before them."""
+    scope = f"leaderboard:{caller}:all"
+    cursor = db.tokens.decode(scope, request.page_token, LEADERBOARD_CURSOR) if request.page_token else None
+    if request.page_token and cursor is None:
+        raise Invalid("page_token")
+    async with db.reputation.acquire() as conn:
+        start, rows = await reputation_store.leaderboard(
+            conn, "all", None, (cursor[2], cursor[3]) if cursor else None, PAGE + 1
+        )
+    return start, rows, cursor[1] if cursor else 0
+
+
 PATHS: dict[str, Callable[[Pools, str, Any], Awaitable[Any]]] = {
     "GetSession": get_session,
     "ListSessions": list_sessions,
@@ -160,6 +174,7 @@ PATHS: dict[str, Callable[[Pools, str, Any], Awaitable[Any]]] = {
     "AppendMessage": append_message,
     "CompleteSession": complete_session,
     "RetakeSession": retake_session,
+    "ListLeaderboard": list_leaderboard,
     "ConfirmCompletion": confirm_completion,
 }
 

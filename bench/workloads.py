@@ -37,6 +37,12 @@ def hot_user(number: int) -> str:
     return uid("hot", number % HOT_USERS)
 
 
+def board_entry(size: int, rank: int) -> tuple[int, str]:
+    """(score, user_id) at `rank` of the seeded all-time board of `size` users: user uid("board", i)
+    has score size - i, so ranks follow i."""
+    return size - (rank - 1), uid("board", rank - 1)
+
+
 def users_of(size: int) -> int:
     """How many users own a seeded set of `size` sessions (each owns about SESSIONS_PER_USER)."""
     return max(2, size // SESSIONS_PER_USER)
@@ -95,6 +101,14 @@ SCENARIOS = {
             "RetakeSession", SESSIONS + "RetakeSession", pb.RetakeSessionRequest, pb.Session, True, "session"
         ),
         Scenario(
+            "ListLeaderboard",
+            REPUTATION + "ListLeaderboard",
+            rpb.ListLeaderboardRequest,
+            rpb.ListLeaderboardResponse,
+            False,
+            "reputation",
+        ),
+        Scenario(
             "ConfirmCompletion",
             REPUTATION + "ConfirmCompletion",
             rpb.ConfirmCompletionRequest,
@@ -116,6 +130,8 @@ class Data:
     first_seq: int
     last_seq: int
     batch_tag: str = ""  # the pre-created rows a consuming run uses: uid(batch_tag, k)
+    board_size: int = 0  # users on the all-time leaderboard: see board_entry()
+    board_rank: int = 0  # ListLeaderboard pages start after this rank (0: the first page)
 
 
 class Requests:
@@ -171,6 +187,16 @@ class Requests:
 
     def _RetakeSession(self, k: int) -> tuple[str, Any]:
         return hot_user(k), pb.RetakeSessionRequest(session_id=uid(self._data.batch_tag, k))
+
+    def _ListLeaderboard(self, k: int) -> tuple[str, Any]:
+        caller = hot_user(self._random.randrange(HOT_USERS))
+        token = ""
+        if self._data.board_rank:
+            score, user = board_entry(self._data.board_size, self._data.board_rank)
+            token = self._tokens.encode(f"leaderboard:{caller}:all", [0, self._data.board_rank, score, user])
+        return caller, rpb.ListLeaderboardRequest(
+            period=rpb.LEADERBOARD_PERIOD_ALL_TIME, page_size=50, page_token=token
+        )
 
     def _ConfirmCompletion(self, k: int) -> tuple[str, Any]:
         # Calls 2j and 2j+1 are the owner's and the partner's confirmations of paired session j.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from asyncpg import Record
 from grpc import aio
@@ -16,7 +16,7 @@ from common.auth import Authenticator, current_service, current_user_id
 from common.db import connection, create_engine, ping
 from common.fields import Cursor, Fields, PageTokens, timestamp
 from common.metrics import Metrics
-from reputation_service import confirming, domain, relay, store, sweeper
+from reputation_service import confirming, domain, rating, relay, store, sweeper
 from reputation_service.config import Config
 from reputation_service.sessions_client import STATUSES, SessionsClient
 
@@ -25,6 +25,16 @@ DOMAIN = "interview.reputation"
 STATUS_NUMBERS = {name: number for number, name in STATUSES.items()}
 # The last event's sequence number.
 EVENTS_CURSOR = Cursor(Cursor.SEQUENCE)
+# The last rating's sequence number.
+RATINGS_CURSOR = Cursor(Cursor.SEQUENCE)
+# The page's period (days since 1970-01-01), and its last entry: rank, score, user_id.
+LEADERBOARD_CURSOR = Cursor(Cursor.NUMBER, Cursor.SEQUENCE, Cursor.SEQUENCE, Cursor.UUID)
+PERIODS = {
+    pb.LEADERBOARD_PERIOD_WEEK: domain.WEEK,
+    pb.LEADERBOARD_PERIOD_MONTH: domain.MONTH,
+    pb.LEADERBOARD_PERIOD_ALL_TIME: domain.ALL_TIME,
+}
+EPOCH = date(1970, 1, 1)
 
 
 def confirmation_pb(view: confirming.View) -> pb.Confirmation:
@@ -43,6 +53,17 @@ def confirmation_pb(view: confirming.View) -> pb.Confirmation:
         reply.closed_unconfirmed = state.closed
         reply.reversed = state.reversed
     return reply
+
+
+def rating_pb(row: Record) -> pb.PartnerRating:
+    return pb.PartnerRating(
+        session_id=str(row["session_id"]),
+        rater_user_id=str(row["rater_user_id"]),
+        rated_user_id=str(row["rated_user_id"]),
+        rating=row["rating"],
+        comment=row["comment"],
+        create_time=timestamp(row["create_time"]),
+    )
 
 
 def event_pb(row: Record) -> pb.ReputationEvent:
@@ -132,6 +153,8 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
             score=row["score"],
             confirmed_sessions=row["confirmed_sessions"],
             update_time=timestamp(row["update_time"]),
+            rating_count=row["rating_count"],
+            average_rating=domain.average_rating(row["rating_count"], row["rating_sum"]),
         )
 
     async def ListReputationEvents(
@@ -149,6 +172,78 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         token = self._tokens.next_token(scope, rows, limit, lambda last: [last["seq"]])
         return pb.ListReputationEventsResponse(
             events=[event_pb(row) for row in rows[:limit]], next_page_token=token
+        )
+
+    async def RatePartner(
+        self, request: pb.RatePartnerRequest, context: aio.ServicerContext
+    ) -> pb.PartnerRating:
+        caller = current_user_id()
+        fields = Fields()
+        session_id = fields.uuid("session_id", request.session_id)
+        request_id = fields.optional_uuid("request_id", request.request_id)
+        for name, problem in (
+            ("rating", domain.rating_problem(request.rating)),
+            ("comment", domain.comment_problem(request.comment)),
+        ):
+            if problem:
+                fields.add(name, problem)
+        fields.done()
+        row = await rating.rate_partner(
+            self._db,
+            self._sessions,
+            caller,
+            session_id,
+            request.rating,
+            request.comment,
+            request_id,
+            _session_call_timeout(context, self._timeout),
+        )
+        return rating_pb(row)
+
+    async def ListPartnerRatings(
+        self, request: pb.ListPartnerRatingsRequest, context: aio.ServicerContext
+    ) -> pb.ListPartnerRatingsResponse:
+        caller = current_user_id()
+        fields = Fields()
+        limit = fields.page_size(request.page_size)
+        scope = f"ratings:{caller}"
+        cursor = fields.page_token(self._tokens, scope, request.page_token, RATINGS_CURSOR)
+        fields.done()
+        async with connection(self._db) as conn:
+            rows = await store.received_ratings(conn, caller, cursor[0] if cursor else None, limit + 1)
+        token = self._tokens.next_token(scope, rows, limit, lambda last: [last["seq"]])
+        return pb.ListPartnerRatingsResponse(
+            ratings=[rating_pb(row) for row in rows[:limit]], next_page_token=token
+        )
+
+    async def ListLeaderboard(
+        self, request: pb.ListLeaderboardRequest, context: aio.ServicerContext
+    ) -> pb.ListLeaderboardResponse:
+        caller = current_user_id()
+        fields = Fields()
+        kind = fields.enum("period", request.period, PERIODS, pb.LeaderboardPeriod)
+        limit = fields.page_size(request.page_size)
+        scope = f"leaderboard:{caller}:{kind}"
+        cursor = fields.page_token(self._tokens, scope, request.page_token, LEADERBOARD_CURSOR)
+        fields.done()
+        # A token keeps paging the period its first page showed, across the period's end.
+        period = EPOCH + timedelta(days=cursor[0]) if cursor else None
+        after = (cursor[2], cursor[3]) if cursor else None
+        first_rank = cursor[1] + 1 if cursor else 1
+        async with connection(self._db) as conn:
+            start, rows = await store.leaderboard(conn, kind, period, after, limit + 1)
+        entries = [
+            pb.LeaderboardEntry(rank=first_rank + index, user_id=row["user_id"], score=row["score"])
+            for index, row in enumerate(rows)
+        ]
+        days = (start - EPOCH).days
+        token = self._tokens.next_token(
+            scope, entries, limit, lambda last: [days, last.rank, last.score, last.user_id]
+        )
+        return pb.ListLeaderboardResponse(
+            entries=entries[:limit],
+            next_page_token=token,
+            period_start=None if kind == domain.ALL_TIME else timestamp(datetime.combine(start, time(), UTC)),
         )
 
 

@@ -129,9 +129,7 @@ async def confirm_completion(
     state, queued, lease_end = await record(None)
     looked_up = None
     if state is None:
-        session, _, looked_up = await participant_view(
-            db, sessions, session_id, caller, None, True, deadline
-        )
+        session, _, looked_up = await participant_view(db, sessions, session_id, caller, None, True, deadline)
         state, queued, lease_end = await record(session)
         assert state is not None
     session_id = state.session.session_id

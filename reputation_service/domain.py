@@ -114,3 +114,55 @@ def confirmation_refusal(session: SessionFacts, caller: str, known_locally: bool
 def retry_delay(attempts: int, max_delay: float) -> float:
     """Seconds before delivery attempt `attempts + 1`: doubling from half a second, capped."""
     return float(min(max_delay, 0.5 * 2 ** min(attempts, 16)))
+
+
+# --- Ratings and leaderboards ---------------------------------------------------------------------
+
+MIN_RATING, MAX_RATING = 1, 5
+MAX_COMMENT = 2000
+# LeaderboardPeriod's periods as the leaderboard table names them.
+WEEK, MONTH, ALL_TIME = "week", "month", "all"
+
+
+class NotConfirmedYet(FailedPrecondition):
+    reason = "NOT_CONFIRMED_YET"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("a session is rated once both participants confirmed it", session_id=session_id)
+
+
+class AlreadyRated(FailedPrecondition):
+    reason = "ALREADY_RATED"
+
+    def __init__(self, session_id: str) -> None:
+        super().__init__("you already rated your partner in this session", session_id=session_id)
+
+
+def rating_problem(rating: int) -> str | None:
+    if not MIN_RATING <= rating <= MAX_RATING:
+        return f"must be from {MIN_RATING} to {MAX_RATING}"
+    return None
+
+
+def comment_problem(comment: str) -> str | None:
+    """What is wrong with a rating's comment (optional; at most 2000 code points, no NUL)."""
+    if len(comment) > MAX_COMMENT:
+        return f"must be at most {MAX_COMMENT} characters"
+    if "\x00" in comment:
+        return "must not contain NUL characters"
+    return None
+
+
+def rating_refusal(session_id: str, confirmed_user_ids: list[str]) -> ServiceError | None:
+    """Why a participant may not rate the session yet, if so (both confirmations must be in)."""
+    return None if len(confirmed_user_ids) == 2 else NotConfirmedYet(session_id)
+
+
+def partner_of(session: SessionFacts, user_id: str) -> str:
+    """The other participant of a paired session."""
+    assert session.partner_user_id is not None
+    return session.partner_user_id if user_id == session.user_id else session.user_id
+
+
+def average_rating(count: int, total: int) -> float:
+    return total / count if count else 0.0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 import asyncpg
 from asyncpg import Record
@@ -122,7 +122,60 @@ _REPLAY_ONE = Query(
     """
 )
 _REPUTATION = Query(
-    "SELECT score, confirmed_sessions, update_time FROM reputation.scores WHERE user_id = :user_id"
+    "SELECT score, confirmed_sessions, update_time, rating_count, rating_sum "
+    "FROM reputation.scores WHERE user_id = :user_id"
+)
+_RATING_COLUMNS = "session_id, rater_user_id, rated_user_id, rating, comment, create_time, seq"
+_RATING_BY_REQUEST = Query(
+    f"SELECT {_RATING_COLUMNS} FROM reputation.ratings "
+    "WHERE rater_user_id = :rater AND request_id = :request_id"
+)
+# The rating and the rated user's count and sum, in one statement; nothing when the rater already
+# rated the session (or used the request_id already, in a concurrent call).
+_RATE = Query(
+    f"""
+    WITH added AS (
+        INSERT INTO reputation.ratings (session_id, rater_user_id, rated_user_id, rating, comment, request_id)
+        VALUES (:session_id, :rater, :rated, :rating, :comment, :request_id)
+        ON CONFLICT DO NOTHING
+        RETURNING {_RATING_COLUMNS}
+    ), counted AS (
+        INSERT INTO reputation.scores AS s
+               (user_id, score, confirmed_sessions, update_time, rating_count, rating_sum)
+        SELECT rated_user_id, 0, 0, now(), 1, rating FROM added
+        ON CONFLICT (user_id) DO UPDATE
+           SET rating_count = s.rating_count + 1, rating_sum = s.rating_sum + EXCLUDED.rating_sum
+    )
+    SELECT * FROM added
+    """
+)
+_RECEIVED_FIRST = Query(
+    f"SELECT {_RATING_COLUMNS} FROM reputation.ratings WHERE rated_user_id = :user_id "
+    "ORDER BY seq DESC LIMIT :limit"
+)
+_RECEIVED_AFTER = Query(
+    f"SELECT {_RATING_COLUMNS} FROM reputation.ratings WHERE rated_user_id = :user_id AND seq < :before "
+    "ORDER BY seq DESC LIMIT :limit"
+)
+# A leaderboard page: the current period's (or the one a page token carries), from the ranking
+# index in its order; after a previous page, from its last (score, user_id) on, as a range of that
+# index (the row comparison is its bound, so deep pages cost what the first does). The period's
+# start comes back even when the page is empty.
+_BOARD_PAGE = """
+    WITH period AS (
+        SELECT coalesce(:period_start::date, reputation.period_start(:kind, now())) AS start
+    )
+    SELECT period.start AS period_start, b.user_id::text AS user_id, b.score
+      FROM period
+      LEFT JOIN LATERAL (
+            SELECT l.user_id, l.score FROM reputation.leaderboard l
+             WHERE l.kind = :kind AND l.period_start = period.start AND l.score > 0 {after}
+             ORDER BY -l.score, l.user_id
+             LIMIT :limit) b ON true
+"""
+_BOARD_FIRST = Query(_BOARD_PAGE.format(after=""))
+_BOARD_AFTER = Query(
+    _BOARD_PAGE.format(after="AND (-l.score, l.user_id) > (-:after_score::bigint, :after_user::uuid)")
 )
 # Who was paired with whom is private: a session's id shows only to its participants.
 _EVENT_COLUMNS = """
@@ -313,3 +366,54 @@ async def events(
     """`user_id`'s ledger, newest first, as `caller` may see it (session ids of their own sessions)."""
     params = {"user_id": user_id, "caller": caller, "before": before_seq, "limit": limit}
     return await (_EVENTS_FIRST if before_seq is None else _EVENTS_AFTER).fetch(conn, params)
+
+
+async def rating_by_request(conn: asyncpg.Connection, rater: str, request_id: str) -> Record | None:
+    return await _RATING_BY_REQUEST.fetchrow(conn, {"rater": rater, "request_id": request_id})
+
+
+async def rate(
+    conn: asyncpg.Connection,
+    session_id: str,
+    rater: str,
+    rated: str,
+    rating: int,
+    comment: str,
+    request_id: str | None,
+) -> Record | None:
+    """Records the rating with the rated user's count and sum; None if `rater` had rated the
+    session already (or a concurrent call took the request_id)."""
+    params = {
+        "session_id": session_id,
+        "rater": rater,
+        "rated": rated,
+        "rating": rating,
+        "comment": comment,
+        "request_id": request_id,
+    }
+    return await _RATE.fetchrow(conn, params)
+
+
+async def received_ratings(
+    conn: asyncpg.Connection, user_id: str, before_seq: int | None, limit: int
+) -> list[Record]:
+    """The ratings `user_id` received, newest first."""
+    params = {"user_id": user_id, "before": before_seq, "limit": limit}
+    return await (_RECEIVED_FIRST if before_seq is None else _RECEIVED_AFTER).fetch(conn, params)
+
+
+async def leaderboard(
+    conn: asyncpg.Connection,
+    kind: str,
+    period_start: date | None,
+    after: tuple[int, str] | None,
+    limit: int,
+) -> tuple[date, list[Record]]:
+    """The period's start (the current period's unless `period_start` is given) and up to `limit`
+    entries (user_id, score) after `after` (the previous page's last score and user_id)."""
+    params = {"kind": kind, "period_start": period_start, "limit": limit}
+    if after is None:
+        rows = await _BOARD_FIRST.fetch(conn, params)
+    else:
+        rows = await _BOARD_AFTER.fetch(conn, {**params, "after_score": after[0], "after_user": after[1]})
+    return rows[0]["period_start"], [row for row in rows if row["user_id"] is not None]

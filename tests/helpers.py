@@ -401,6 +401,35 @@ async def list_events(
     return await reputation.ListReputationEvents(request, metadata=md)
 
 
+async def rate(
+    reputation: Any,
+    md: Metadata,
+    session_id: str,
+    rating: int,
+    comment: str = "",
+    request_id: str = "",
+    **options: Any,
+) -> rpb.PartnerRating:
+    request = rpb.RatePartnerRequest(
+        session_id=session_id, rating=rating, comment=comment, request_id=request_id
+    )
+    return await reputation.RatePartner(request, metadata=md, **options)
+
+
+async def list_ratings(
+    reputation: Any, md: Metadata, page_size: int = 0, page_token: str = ""
+) -> rpb.ListPartnerRatingsResponse:
+    request = rpb.ListPartnerRatingsRequest(page_size=page_size, page_token=page_token)
+    return await reputation.ListPartnerRatings(request, metadata=md)
+
+
+async def leaderboard(
+    reputation: Any, md: Metadata, period: int, page_size: int = 0, page_token: str = ""
+) -> rpb.ListLeaderboardResponse:
+    request = rpb.ListLeaderboardRequest(period=period, page_size=page_size, page_token=page_token)  # type: ignore[arg-type]
+    return await reputation.ListLeaderboard(request, metadata=md)
+
+
 # --- The call log -----------------------------------------------------------------------------------
 
 

@@ -58,6 +58,10 @@ class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReas
     """
     ERROR_REASON_NOT_AWARDED: _ErrorReason.ValueType  # 12
     """FAILED_PRECONDITION: ReverseSessionAwards on a session that earned nobody a point."""
+    ERROR_REASON_NOT_CONFIRMED_YET: _ErrorReason.ValueType  # 13
+    """FAILED_PRECONDITION: RatePartner before both participants confirmed the session."""
+    ERROR_REASON_ALREADY_RATED: _ErrorReason.ValueType  # 14
+    """FAILED_PRECONDITION: RatePartner by a participant who already rated this session."""
 
 class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
     """The reasons of this package's errors (domain "interview.reputation"). The
@@ -97,7 +101,39 @@ the session was completed without awards.
 """
 ERROR_REASON_NOT_AWARDED: ErrorReason.ValueType  # 12
 """FAILED_PRECONDITION: ReverseSessionAwards on a session that earned nobody a point."""
+ERROR_REASON_NOT_CONFIRMED_YET: ErrorReason.ValueType  # 13
+"""FAILED_PRECONDITION: RatePartner before both participants confirmed the session."""
+ERROR_REASON_ALREADY_RATED: ErrorReason.ValueType  # 14
+"""FAILED_PRECONDITION: RatePartner by a participant who already rated this session."""
 Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
+class _LeaderboardPeriod:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LeaderboardPeriodEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LeaderboardPeriod.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LEADERBOARD_PERIOD_UNSPECIFIED: _LeaderboardPeriod.ValueType  # 0
+    """Not a period: INVALID_ARGUMENT."""
+    LEADERBOARD_PERIOD_WEEK: _LeaderboardPeriod.ValueType  # 1
+    """The current ISO week, from Monday 00:00 UTC."""
+    LEADERBOARD_PERIOD_MONTH: _LeaderboardPeriod.ValueType  # 2
+    """The current calendar month, from its first day 00:00 UTC."""
+    LEADERBOARD_PERIOD_ALL_TIME: _LeaderboardPeriod.ValueType  # 3
+    """Everything ever earned."""
+
+class LeaderboardPeriod(_LeaderboardPeriod, metaclass=_LeaderboardPeriodEnumTypeWrapper):
+    """The periods a leaderboard ranks over, in UTC."""
+
+LEADERBOARD_PERIOD_UNSPECIFIED: LeaderboardPeriod.ValueType  # 0
+"""Not a period: INVALID_ARGUMENT."""
+LEADERBOARD_PERIOD_WEEK: LeaderboardPeriod.ValueType  # 1
+"""The current ISO week, from Monday 00:00 UTC."""
+LEADERBOARD_PERIOD_MONTH: LeaderboardPeriod.ValueType  # 2
+"""The current calendar month, from its first day 00:00 UTC."""
+LEADERBOARD_PERIOD_ALL_TIME: LeaderboardPeriod.ValueType  # 3
+"""Everything ever earned."""
+Global___LeaderboardPeriod: _TypeAlias = LeaderboardPeriod  # noqa: Y015
 
 @_typing.final
 class Confirmation(_message.Message):
@@ -179,12 +215,18 @@ class Reputation(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     CONFIRMED_SESSIONS_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RATING_COUNT_FIELD_NUMBER: _builtins.int
+    AVERAGE_RATING_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
     """The user (UUID)."""
     score: _builtins.int
     """The sum of the user's ledger; 0 for a user never seen."""
     confirmed_sessions: _builtins.int
     """How many paired sessions earned the user reputation."""
+    rating_count: _builtins.int
+    """How many partners rated the user (RatePartner)."""
+    average_rating: _builtins.float
+    """The mean of those ratings (1..5); 0 when unrated."""
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the score last changed; unset for a user never seen."""
@@ -196,10 +238,12 @@ class Reputation(_message.Message):
         score: _builtins.int = ...,
         confirmed_sessions: _builtins.int = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        rating_count: _builtins.int = ...,
+        average_rating: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confirmed_sessions", b"confirmed_sessions", "score", b"score", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["average_rating", b"average_rating", "confirmed_sessions", b"confirmed_sessions", "rating_count", b"rating_count", "score", b"score", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -255,6 +299,232 @@ class ReputationEvent(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReputationEvent: _TypeAlias = ReputationEvent  # noqa: Y015
+
+@_typing.final
+class RatePartnerRequest(_message.Message):
+    """Request for RatePartner."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The paired session (UUID); the caller must be one of its participants."""
+    rating: _builtins.int
+    """1 (poor) to 5 (excellent)."""
+    comment: _builtins.str
+    """Optional: at most 2000 characters (code points), no NUL."""
+    request_id: _builtins.str
+    """Optional UUID: a retry with the same request_id returns the first call's rating."""
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        rating: _builtins.int = ...,
+        comment: _builtins.str = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "rating", b"rating", "request_id", b"request_id", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RatePartnerRequest: _TypeAlias = RatePartnerRequest  # noqa: Y015
+
+@_typing.final
+class PartnerRating(_message.Message):
+    """One participant's rating of the other, for one session."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    RATER_USER_ID_FIELD_NUMBER: _builtins.int
+    RATED_USER_ID_FIELD_NUMBER: _builtins.int
+    RATING_FIELD_NUMBER: _builtins.int
+    COMMENT_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session rated (UUID)."""
+    rater_user_id: _builtins.str
+    """Who rated (UUID)."""
+    rated_user_id: _builtins.str
+    """Who was rated: the rater's partner in the session (UUID)."""
+    rating: _builtins.int
+    """1..5."""
+    comment: _builtins.str
+    """The rater's comment; may be empty."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the rating was given."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        rater_user_id: _builtins.str = ...,
+        rated_user_id: _builtins.str = ...,
+        rating: _builtins.int = ...,
+        comment: _builtins.str = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["comment", b"comment", "create_time", b"create_time", "rated_user_id", b"rated_user_id", "rater_user_id", b"rater_user_id", "rating", b"rating", "session_id", b"session_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PartnerRating: _TypeAlias = PartnerRating  # noqa: Y015
+
+@_typing.final
+class ListPartnerRatingsRequest(_message.Message):
+    """Request for ListPartnerRatings."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """0 = 50; above 200 = 200; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, for the same caller."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPartnerRatingsRequest: _TypeAlias = ListPartnerRatingsRequest  # noqa: Y015
+
+@_typing.final
+class ListPartnerRatingsResponse(_message.Message):
+    """A page of the caller's received ratings, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATINGS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def ratings(self) -> _containers.RepeatedCompositeFieldContainer[Global___PartnerRating]:
+        """The ratings."""
+
+    def __init__(
+        self,
+        *,
+        ratings: _abc.Iterable[Global___PartnerRating] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "ratings", b"ratings"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListPartnerRatingsResponse: _TypeAlias = ListPartnerRatingsResponse  # noqa: Y015
+
+@_typing.final
+class ListLeaderboardRequest(_message.Message):
+    """Request for ListLeaderboard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PERIOD_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    period: Global___LeaderboardPeriod.ValueType
+    """Which leaderboard; required."""
+    page_size: _builtins.int
+    """0 = 50; above 200 = 200; negative is INVALID_ARGUMENT."""
+    page_token: _builtins.str
+    """next_page_token of the previous page, with the same period and caller."""
+    def __init__(
+        self,
+        *,
+        period: Global___LeaderboardPeriod.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "period", b"period"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeaderboardRequest: _TypeAlias = ListLeaderboardRequest  # noqa: Y015
+
+@_typing.final
+class LeaderboardEntry(_message.Message):
+    """One user's place on a leaderboard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RANK_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    SCORE_FIELD_NUMBER: _builtins.int
+    rank: _builtins.int
+    """1-based position: score descending, then user_id ascending."""
+    user_id: _builtins.str
+    """The user (UUID)."""
+    score: _builtins.int
+    """Reputation gained in the period (all time: the score)."""
+    def __init__(
+        self,
+        *,
+        rank: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+        score: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rank", b"rank", "score", b"score", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeaderboardEntry: _TypeAlias = LeaderboardEntry  # noqa: Y015
+
+@_typing.final
+class ListLeaderboardResponse(_message.Message):
+    """A page of a leaderboard."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    PERIOD_START_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaderboardEntry]:
+        """The entries, by rank."""
+
+    @_builtins.property
+    def period_start(self) -> _timestamp_pb2.Timestamp:
+        """When the period began (Monday or the first of the month, 00:00 UTC); unset for ALL_TIME."""
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___LeaderboardEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
+        period_start: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period_start", b"period_start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token", "period_start", b"period_start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListLeaderboardResponse: _TypeAlias = ListLeaderboardResponse  # noqa: Y015
 
 @_typing.final
 class ConfirmCompletionRequest(_message.Message):

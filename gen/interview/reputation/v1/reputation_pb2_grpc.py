@@ -57,6 +57,21 @@ class ReputationServiceStub:
                 request_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsRequest.SerializeToString,
                 response_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsResponse.FromString,
                 _registered_method=True)
+        self.RatePartner = channel.unary_unary(
+                '/interview.reputation.v1.ReputationService/RatePartner',
+                request_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.RatePartnerRequest.SerializeToString,
+                response_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.PartnerRating.FromString,
+                _registered_method=True)
+        self.ListPartnerRatings = channel.unary_unary(
+                '/interview.reputation.v1.ReputationService/ListPartnerRatings',
+                request_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListPartnerRatingsRequest.SerializeToString,
+                response_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListPartnerRatingsResponse.FromString,
+                _registered_method=True)
+        self.ListLeaderboard = channel.unary_unary(
+                '/interview.reputation.v1.ReputationService/ListLeaderboard',
+                request_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListLeaderboardRequest.SerializeToString,
+                response_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListLeaderboardResponse.FromString,
+                _registered_method=True)
 
 
 class ReputationServiceServicer:
@@ -104,6 +119,36 @@ class ReputationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RatePartner(self, request, context):
+        """Rates the other participant of a paired session 1..5, with an optional comment, once both
+        confirmations are in; once per rater and session. The rated user's rating_count and
+        average_rating change with it. A repeated request_id returns the first call's rating.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (unknown, or not the caller's),
+        NOT_A_PAIRED_SESSION, NOT_CONFIRMED_YET, ALREADY_RATED, SESSIONS_UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListPartnerRatings(self, request, context):
+        """The ratings the caller received, newest first. Nobody reads another user's ratings: the
+        public aggregate is on Reputation. Reasons: INVALID_ARGUMENT (bad page size or token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLeaderboard(self, request, context):
+        """Users ranked by the reputation they gained in the current period (or of all time): score
+        descending, then user_id ascending; rank is the 1-based position in that order. Users whose
+        period score is 0 or less are left out; a reversal counts in the period of the award it
+        reverses. Every page costs the same, at rank 1 or 900,000; a page token keeps paging the
+        period it started in. Reasons: INVALID_ARGUMENT (unspecified period, bad page size or token).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ReputationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -126,6 +171,21 @@ def add_ReputationServiceServicer_to_server(servicer, server):
                     servicer.ListReputationEvents,
                     request_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsRequest.FromString,
                     response_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsResponse.SerializeToString,
+            ),
+            'RatePartner': grpc.unary_unary_rpc_method_handler(
+                    servicer.RatePartner,
+                    request_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.RatePartnerRequest.FromString,
+                    response_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.PartnerRating.SerializeToString,
+            ),
+            'ListPartnerRatings': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListPartnerRatings,
+                    request_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListPartnerRatingsRequest.FromString,
+                    response_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListPartnerRatingsResponse.SerializeToString,
+            ),
+            'ListLeaderboard': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLeaderboard,
+                    request_deserializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListLeaderboardRequest.FromString,
+                    response_serializer=interview_dot_reputation_dot_v1_dot_reputation__pb2.ListLeaderboardResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -239,6 +299,87 @@ class ReputationService:
             '/interview.reputation.v1.ReputationService/ListReputationEvents',
             interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsRequest.SerializeToString,
             interview_dot_reputation_dot_v1_dot_reputation__pb2.ListReputationEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RatePartner(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interview.reputation.v1.ReputationService/RatePartner',
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.RatePartnerRequest.SerializeToString,
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.PartnerRating.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListPartnerRatings(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interview.reputation.v1.ReputationService/ListPartnerRatings',
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.ListPartnerRatingsRequest.SerializeToString,
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.ListPartnerRatingsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLeaderboard(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/interview.reputation.v1.ReputationService/ListLeaderboard',
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.ListLeaderboardRequest.SerializeToString,
+            interview_dot_reputation_dot_v1_dot_reputation__pb2.ListLeaderboardResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -59,6 +59,24 @@ class ReputationServiceStub:
     whom is private: session_id is empty on events of sessions the caller did not take part in.
     Reasons: INVALID_ARGUMENT (bad id, page size or token).
     """
+    RatePartner: _grpc.UnaryUnaryMultiCallable[_reputation_pb2.RatePartnerRequest, _reputation_pb2.PartnerRating]
+    """Rates the other participant of a paired session 1..5, with an optional comment, once both
+    confirmations are in; once per rater and session. The rated user's rating_count and
+    average_rating change with it. A repeated request_id returns the first call's rating.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (unknown, or not the caller's),
+    NOT_A_PAIRED_SESSION, NOT_CONFIRMED_YET, ALREADY_RATED, SESSIONS_UNAVAILABLE.
+    """
+    ListPartnerRatings: _grpc.UnaryUnaryMultiCallable[_reputation_pb2.ListPartnerRatingsRequest, _reputation_pb2.ListPartnerRatingsResponse]
+    """The ratings the caller received, newest first. Nobody reads another user's ratings: the
+    public aggregate is on Reputation. Reasons: INVALID_ARGUMENT (bad page size or token).
+    """
+    ListLeaderboard: _grpc.UnaryUnaryMultiCallable[_reputation_pb2.ListLeaderboardRequest, _reputation_pb2.ListLeaderboardResponse]
+    """Users ranked by the reputation they gained in the current period (or of all time): score
+    descending, then user_id ascending; rank is the 1-based position in that order. Users whose
+    period score is 0 or less are left out; a reversal counts in the period of the award it
+    reverses. Every page costs the same, at rank 1 or 900,000; a page token keeps paging the
+    period it started in. Reasons: INVALID_ARGUMENT (unspecified period, bad page size or token).
+    """
 
 @_typing.type_check_only
 class ReputationServiceAsyncStub(ReputationServiceStub):
@@ -90,6 +108,24 @@ class ReputationServiceAsyncStub(ReputationServiceStub):
     """Any user's ledger, newest first; an empty user_id means the caller. Who was paired with
     whom is private: session_id is empty on events of sessions the caller did not take part in.
     Reasons: INVALID_ARGUMENT (bad id, page size or token).
+    """
+    RatePartner: _aio.UnaryUnaryMultiCallable[_reputation_pb2.RatePartnerRequest, _reputation_pb2.PartnerRating]  # type: ignore[assignment]
+    """Rates the other participant of a paired session 1..5, with an optional comment, once both
+    confirmations are in; once per rater and session. The rated user's rating_count and
+    average_rating change with it. A repeated request_id returns the first call's rating.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (unknown, or not the caller's),
+    NOT_A_PAIRED_SESSION, NOT_CONFIRMED_YET, ALREADY_RATED, SESSIONS_UNAVAILABLE.
+    """
+    ListPartnerRatings: _aio.UnaryUnaryMultiCallable[_reputation_pb2.ListPartnerRatingsRequest, _reputation_pb2.ListPartnerRatingsResponse]  # type: ignore[assignment]
+    """The ratings the caller received, newest first. Nobody reads another user's ratings: the
+    public aggregate is on Reputation. Reasons: INVALID_ARGUMENT (bad page size or token).
+    """
+    ListLeaderboard: _aio.UnaryUnaryMultiCallable[_reputation_pb2.ListLeaderboardRequest, _reputation_pb2.ListLeaderboardResponse]  # type: ignore[assignment]
+    """Users ranked by the reputation they gained in the current period (or of all time): score
+    descending, then user_id ascending; rank is the 1-based position in that order. Users whose
+    period score is 0 or less are left out; a reversal counts in the period of the award it
+    reverses. Every page costs the same, at rank 1 or 900,000; a page token keeps paging the
+    period it started in. Reasons: INVALID_ARGUMENT (unspecified period, bad page size or token).
     """
 
 class ReputationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -143,6 +179,42 @@ class ReputationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Any user's ledger, newest first; an empty user_id means the caller. Who was paired with
         whom is private: session_id is empty on events of sessions the caller did not take part in.
         Reasons: INVALID_ARGUMENT (bad id, page size or token).
+        """
+
+    @_abc_1.abstractmethod
+    def RatePartner(
+        self,
+        request: _reputation_pb2.RatePartnerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reputation_pb2.PartnerRating, _abc.Awaitable[_reputation_pb2.PartnerRating]]:
+        """Rates the other participant of a paired session 1..5, with an optional comment, once both
+        confirmations are in; once per rater and session. The rated user's rating_count and
+        average_rating change with it. A repeated request_id returns the first call's rating.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND (unknown, or not the caller's),
+        NOT_A_PAIRED_SESSION, NOT_CONFIRMED_YET, ALREADY_RATED, SESSIONS_UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def ListPartnerRatings(
+        self,
+        request: _reputation_pb2.ListPartnerRatingsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reputation_pb2.ListPartnerRatingsResponse, _abc.Awaitable[_reputation_pb2.ListPartnerRatingsResponse]]:
+        """The ratings the caller received, newest first. Nobody reads another user's ratings: the
+        public aggregate is on Reputation. Reasons: INVALID_ARGUMENT (bad page size or token).
+        """
+
+    @_abc_1.abstractmethod
+    def ListLeaderboard(
+        self,
+        request: _reputation_pb2.ListLeaderboardRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_reputation_pb2.ListLeaderboardResponse, _abc.Awaitable[_reputation_pb2.ListLeaderboardResponse]]:
+        """Users ranked by the reputation they gained in the current period (or of all time): score
+        descending, then user_id ascending; rank is the 1-based position in that order. Users whose
+        period score is 0 or less are left out; a reversal counts in the period of the award it
+        reverses. Every page costs the same, at rank 1 or 900,000; a page token keeps paging the
+        period it started in. Reasons: INVALID_ARGUMENT (unspecified period, bad page size or token).
         """
 
 def add_ReputationServiceServicer_to_server(servicer: ReputationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
