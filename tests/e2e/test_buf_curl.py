@@ -15,7 +15,6 @@ failures exit below 8 with a `Failure: ...` line instead.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import sys
@@ -28,7 +27,7 @@ from google.rpc import error_details_pb2
 
 from common.app import AppServer
 from common.config import JwtSettings
-from tests.helpers import new_id, user_metadata
+from tests.helpers import new_id, run_program, user_metadata
 
 BUF = Path(sys.executable).with_name("buf")
 CALL_TIMEOUT_SECONDS = 30.0
@@ -97,21 +96,8 @@ async def run_buf(
     if body is not None:
         args += ["-d", json.dumps(body)]
     args.append(f"http://127.0.0.1:{port}/{method}")
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(_BUF_ENV),
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), CALL_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise AssertionError(f"buf curl {method} took over {CALL_TIMEOUT_SECONDS}s") from None
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    done = await run_program(*args, within=CALL_TIMEOUT_SECONDS, env=_BUF_ENV)
+    return done.returncode, done.stdout, done.stderr
 
 
 async def buf_curl(port: int, method: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
