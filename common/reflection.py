@@ -20,11 +20,24 @@ DESCRIPTOR_SET = "descriptors.binpb"  # beside the generated modules, in the `in
 
 
 def documented_files() -> dict[str, bytes]:
-    """Each file of the descriptor set by name, serialized with its comments."""
+    """Each file of the descriptor set by name, serialized with its comments.
+
+    protoc writes every field's `json_name` into a descriptor set, which the generated modules
+    (and so what reflection served before) leave out; with it grpcurl would print camelCase JSON
+    (`sessionId`) instead of the proto names callers script against (`session_id`)."""
     files = descriptor_pb2.FileDescriptorSet.FromString(
         resources.files("interview").joinpath(DESCRIPTOR_SET).read_bytes()
     ).file
+    for file in files:
+        _drop_json_names(file.message_type)
     return {file.name: file.SerializeToString() for file in files}
+
+
+def _drop_json_names(messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
+    for message in messages:
+        for field in message.field:
+            field.ClearField("json_name")
+        _drop_json_names(message.nested_type)
 
 
 async def _once(request: reflection_pb2.ServerReflectionRequest) -> AsyncIterator[Any]:

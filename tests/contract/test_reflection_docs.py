@@ -4,11 +4,13 @@ enums, and still describes what has no comments (health)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from interview.sessions.v1 import sessions_pb2
 
 from common.app import AppServer
-from tests.helpers import grpcurl_describe
+from tests.helpers import GRPCURL, grpcurl_describe, new_id, run_program
 
 # A symbol of each kind, and a sentence of its comment in protos/.
 DOCUMENTED = {
@@ -45,3 +47,26 @@ async def test_a_service_description_gives_every_method_its_reasons(session_serv
 async def test_a_service_outside_the_contract_is_still_described(session_server: AppServer) -> None:
     described = await grpcurl_describe(session_server.port, "grpc.health.v1.Health")
     assert "rpc Check ( .grpc.health.v1.HealthCheckRequest )" in described, described
+
+
+async def test_grpcurl_prints_the_proto_field_names_callers_script_against(
+    session_server: AppServer, as_user
+) -> None:
+    # Reflection serves no json_name: grpcurl's JSON keeps `session_id`, as the README's jq uses it.
+    described = await grpcurl_describe(session_server.port, "interview.sessions.v1.Session")
+    assert "json_name" not in described, described
+    token = as_user(new_id())[0][1]
+    done = await run_program(
+        str(GRPCURL),
+        "-plaintext",
+        "-H",
+        f"authorization: {token}",
+        "-d",
+        json.dumps({"job_posting_id": new_id()}),
+        f"127.0.0.1:{session_server.port}",
+        "interview.sessions.v1.SessionService/CreateSession",
+        within=30,
+    )
+    assert done.returncode == 0, done.stderr
+    created = json.loads(done.stdout)
+    assert {"session_id", "user_id", "job_posting_id", "retake_number"} <= set(created), created
