@@ -13,6 +13,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from common import tracing
 from common.app import AppServer, ListenError
 from common.config import ConfigError, database_url
 from common.db import migrate
@@ -69,6 +70,7 @@ def main(
             return 0
         settings = load(os.environ)
         workers = settings.workers
+        traced = tracing.wanted(os.environ)
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
@@ -79,8 +81,11 @@ def main(
         await serve_until_signal(create(settings))
 
     def run() -> int:
+        # Per process, after the fork: the exporter's channel and batch thread would not survive it.
+        # Leaving the block flushes the spans still held, so a stopped worker loses none.
         try:
-            asyncio.run(serve())
+            with tracing.installed(tracing.otlp_provider()) if traced else contextlib.nullcontext():
+                asyncio.run(serve())
         except ListenError as error:
             print(f"{package}: {error}", file=sys.stderr)
             return 1

@@ -7,11 +7,12 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
 
 import grpc
 
+from common import tracing
 from common.auth import Access, Authenticator
 from common.errors import InvalidArgument, Overloaded, ServiceError
 from common.metrics import Metrics
@@ -38,6 +39,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     Health Watch and reflection streams, the unauthenticated surface, are capped per process
     (CAPPED_STREAMS); other health and reflection calls pass through untouched.
+
+    With tracing on, OpenTelemetry's server interceptor runs outside this one: each call's line
+    carries its trace id, which is also the correlation id of an INTERNAL error.
     """
 
     def __init__(
@@ -115,7 +119,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                     access.leave(token)
             except ServiceError as error:
                 code, reason = error.code, error.reason
-                await context.abort_with_status(rich_status(error, self._domain))
+                await _abort(context, rich_status(error, self._domain))
             except grpc.aio.AbortError:
                 code = context.code().name if context.code() else "UNKNOWN"
                 raise
@@ -131,11 +135,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 code = "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
                 raise
             except Exception:
-                correlation_id = uuid.uuid4().hex
+                # The trace's id when traced: the one id that finds both the log and the trace.
+                correlation_id = tracing.trace_id() or uuid.uuid4().hex
                 error = ServiceError("internal error", correlation_id=correlation_id)
                 log.exception("unhandled error in %s [%s]", method, correlation_id)
                 code, reason = error.code, error.reason
-                await context.abort_with_status(rich_status(error, self._domain))
+                await _abort(context, rich_status(error, self._domain))
             finally:
                 if admitted:
                     self._in_flight -= 1
@@ -145,15 +150,19 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
     def _capped_stream(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         """The handler of an unauthenticated stream, refused with RESOURCE_EXHAUSTED OVERLOADED once
-        its per-process cap is reached."""
+        its per-process cap is reached.
+
+        It yields the replies, whether the library's handler yields or writes them (health Watch
+        writes): OpenTelemetry's aio server interceptor iterates whatever it wraps, and fails a
+        handler that only writes."""
         limit = CAPPED_STREAMS[method]
         unary_request = handler.unary_stream is not None
         behavior = handler.unary_stream if unary_request else handler.stream_stream
 
-        async def capped(request: Any, context: grpc.aio.ServicerContext) -> None:
+        async def capped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if self._streams[method] >= limit:
                 self._log(method, "RESOURCE_EXHAUSTED", Overloaded.reason, 0.0, None)
-                await context.abort_with_status(rich_status(Overloaded(limit), self._domain))
+                await _abort(context, rich_status(Overloaded(limit), self._domain))
             self._streams[method] += 1
             started = time.perf_counter()
             code = "OK"
@@ -161,7 +170,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 replies = behavior(request, context)
                 if hasattr(replies, "__aiter__"):
                     async for reply in replies:
-                        await context.write(reply)
+                        yield reply
                 else:
                     await replies
             except asyncio.CancelledError:
@@ -189,4 +198,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             line["reason"] = reason
         if correlation_id:
             line["correlation_id"] = correlation_id
+        trace_id = tracing.trace_id()
+        if trace_id:
+            line["trace_id"] = trace_id
         log.info(line)
+
+
+async def _abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> NoReturn:
+    """Ends the call with `status` (its google.rpc.Status rides in the trailing metadata).
+
+    What abort_with_status does, but through `abort` itself: with tracing on, `context` is
+    OpenTelemetry's wrapper, which sees the code (and marks the server span) only there."""
+    await context.abort(status.code, status.details, status.trailing_metadata)

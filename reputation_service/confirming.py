@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common import tracing
 from common.db import connection
 from reputation_service import domain, relay, store
 from reputation_service.domain import SessionFacts
@@ -115,14 +116,24 @@ async def confirm_completion(
     else through the relay). A repeated `request_id` answers for its first call's session.
 
     A session we hold rows for is confirmed in one statement; one we do not know yet is looked up
-    in the session service first, and confirmed with the participants it gave."""
+    in the session service first, and confirmed with the participants it gave. The completion it
+    queues keeps this call's trace context, for the relay's delivery to link to."""
+    traceparent = tracing.traceparent()
 
     async def record(facts: SessionFacts | None) -> tuple[store.ConfirmationState | None, bool, float]:
         # The lease's end is taken before the statement whose now() starts it.
         lease_end = asyncio.get_running_loop().time() + rules.lease
         async with connection(db) as conn:
             state, queued = await store.confirm(
-                conn, session_id, caller, request_id, facts, rules.caps, rules.window, rules.lease
+                conn,
+                session_id,
+                caller,
+                request_id,
+                facts,
+                rules.caps,
+                rules.window,
+                rules.lease,
+                traceparent,
             )
         return state, queued, lease_end
 

@@ -9,8 +9,10 @@ import logging
 from datetime import UTC, datetime
 
 import grpc
+from opentelemetry import trace
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common import tracing
 from common.db import connection
 from common.errors import DatabaseUnavailable, ServiceError
 from reputation_service import domain, store
@@ -20,6 +22,7 @@ log = logging.getLogger(__name__)
 CLAIM_BATCH = 20
 # Kept between the end of an attempt's deadline and the end of the lease that covers it.
 LEASE_MARGIN = 0.1
+tracer = trace.get_tracer(__name__)
 
 
 def verdict(error: Exception) -> tuple[str, bool]:
@@ -54,45 +57,55 @@ async def deliver(
     budget: float,
     lease_end: float,
     max_delay: float,
+    queued_by: str | None = None,
 ) -> bool:
     """Attempt number `attempt` to complete `session_id`, under a claim whose lease ends at
     `lease_end` (event-loop time). On a transient failure the row waits for its next attempt;
     on a refusal it is parked as dead.
 
+    The attempt is one span: inside the confirming call's trace when that call delivers, else
+    (the relay's) a trace of its own linked to `queued_by`, the traceparent of the confirmation
+    that queued the row.
+
     The attempt's deadline is `budget` seconds, cut to end before the lease does, so no other
     claimer can start an attempt while this one may still be under way. CompletePairedSession is
     idempotent all the same: a row delivered twice completes the session once.
     """
-    budget = min(budget, lease_end - LEASE_MARGIN - asyncio.get_running_loop().time())
-    if budget <= 0:
-        # The claim took the whole lease (a database that slow): no attempt, so none counted.
-        async with connection(db) as conn:
-            await store.release(conn, session_id, attempt)
-        return False
-    try:
-        await sessions.complete_paired(session_id, budget)
-    except Exception as error:
-        code, transient = verdict(error)
-        detail = f"{code}: {_described(error)}"
-        event = {"session_id": session_id, "code": code, "attempts": attempt}
-        if not transient:
-            # Parked, not dropped: the metric shows it and replay-outbox makes it due again.
-            log.error({"event": "delivery_refused", **event, "error": detail[:500]})
+    with tracer.start_as_current_span(
+        "outbox.deliver",
+        links=tracing.links(queued_by),
+        attributes={"interview.session_id": session_id, "interview.outbox.attempt": attempt},
+    ):
+        budget = min(budget, lease_end - LEASE_MARGIN - asyncio.get_running_loop().time())
+        if budget <= 0:
+            # The claim took the whole lease (a database that slow): no attempt, so none counted.
             async with connection(db) as conn:
-                await store.bury(conn, session_id, attempt, detail)
+                await store.release(conn, session_id, attempt)
             return False
-        delay = domain.retry_delay(attempt - 1, max_delay)
-        if isinstance(error, ServiceError | grpc.aio.AioRpcError):
-            log.warning({"event": "delivery_failed", **event, "retry_in": delay})
-        else:
-            log.exception({"event": "delivery_error", **event, "retry_in": delay})
+        try:
+            await sessions.complete_paired(session_id, budget)
+        except Exception as error:
+            code, transient = verdict(error)
+            detail = f"{code}: {_described(error)}"
+            event = {"session_id": session_id, "code": code, "attempts": attempt}
+            if not transient:
+                # Parked, not dropped: the metric shows it and replay-outbox makes it due again.
+                log.error({"event": "delivery_refused", **event, "error": detail[:500]})
+                async with connection(db) as conn:
+                    await store.bury(conn, session_id, attempt, detail)
+                return False
+            delay = domain.retry_delay(attempt - 1, max_delay)
+            if isinstance(error, ServiceError | grpc.aio.AioRpcError):
+                log.warning({"event": "delivery_failed", **event, "retry_in": delay})
+            else:
+                log.exception({"event": "delivery_error", **event, "retry_in": delay})
+            async with connection(db) as conn:
+                await store.postpone(conn, session_id, attempt, detail, delay)
+            return False
         async with connection(db) as conn:
-            await store.postpone(conn, session_id, attempt, detail, delay)
-        return False
-    async with connection(db) as conn:
-        await store.mark_delivered(conn, session_id)
-    log.info({"event": "delivered", "session_id": session_id, "attempts": attempt})
-    return True
+            await store.mark_delivered(conn, session_id)
+        log.info({"event": "delivered", "session_id": session_id, "attempts": attempt})
+        return True
 
 
 class Relay:
@@ -147,30 +160,43 @@ class Relay:
     async def _pass(self) -> bool:
         # Taken before the claim: the lease runs from the claim statement's now(), later still.
         lease_end = asyncio.get_running_loop().time() + self._lease
-        async with connection(self._db) as conn:
-            claimed = await store.claim_due(conn, CLAIM_BATCH, self._lease)
+        with tracing.untraced():  # polled every interval: the deliveries are what is worth a trace
+            async with connection(self._db) as conn:
+                claimed = await store.claim_due(conn, CLAIM_BATCH, self._lease)
         # All at once: one by one, the last rows of a batch facing a black-holed session service
         # would be attempted after the lease that covers them had run out.
         outcomes = await asyncio.gather(
             *(
                 deliver(
-                    self._db, self._sessions, session_id, attempt, self._timeout, lease_end, self._max_delay
+                    self._db,
+                    self._sessions,
+                    claim.session_id,
+                    claim.attempt,
+                    self._timeout,
+                    lease_end,
+                    self._max_delay,
+                    claim.traceparent,
                 )
-                for session_id, attempt in claimed
+                for claim in claimed
             ),
             return_exceptions=True,
         )
-        for (session_id, attempt), outcome in zip(claimed, outcomes, strict=True):
+        for claim, outcome in zip(claimed, outcomes, strict=True):
             if isinstance(outcome, BaseException):
                 # Recording the outcome failed (the database went away): the lease runs out and
                 # the row is claimed again.
                 log.error(
-                    {"event": "delivery_unrecorded", "session_id": session_id, "attempts": attempt},
+                    {
+                        "event": "delivery_unrecorded",
+                        "session_id": claim.session_id,
+                        "attempts": claim.attempt,
+                    },
                     exc_info=outcome,
                 )
         # Here rather than in the metrics scrape: scrapes run on a thread, the database is async.
-        async with connection(self._db) as conn:
-            row = await store.outbox_backlog(conn)
+        with tracing.untraced():
+            async with connection(self._db) as conn:
+                row = await store.outbox_backlog(conn)
         self.backlog = (row["rows"], row["oldest"])
         self.dead_rows = row["dead"]
         return bool(claimed)

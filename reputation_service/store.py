@@ -17,12 +17,12 @@ _STATE = Query("SELECT * FROM reputation.confirmation_states WHERE session_id = 
 _LOCK_SESSION = Query(
     "SELECT * FROM reputation.confirmation_states WHERE session_id = :session_id FOR UPDATE"
 )
-# The confirmation, the decision and its writes in one server-side call (migration 0004).
+# The confirmation, the decision and its writes in one server-side call (migrations 0004, 0006).
 _CONFIRM = Query(
     """
     SELECT (r.state).*, r.queued
       FROM reputation.confirm(:session_id, :caller, :request_id, :user_id, :partner_user_id, :status,
-                              :pair_limit, :user_limit, :window, :lease) AS r
+                              :pair_limit, :user_limit, :window, :lease, :traceparent) AS r
     """
 )
 _CLOSE_EXPIRED = Query("SELECT reputation.close_expired(:window, :limit, :only) AS session_id")
@@ -91,7 +91,7 @@ _CLAIM = Query(
             ORDER BY next_attempt_time
             LIMIT :limit
               FOR UPDATE SKIP LOCKED)
-    RETURNING session_id, attempts
+    RETURNING session_id, attempts, traceparent
     """
 )
 # Each count matches one partial index: the outbox keeps its delivered rows.
@@ -253,12 +253,14 @@ async def confirm(
     caps: domain.Caps,
     window: timedelta,
     lease: float,
+    traceparent: str | None = None,
 ) -> tuple[ConfirmationState | None, bool]:
     """Records `caller`'s confirmation in one statement (`reputation.confirm`, migration 0004) and
     returns the session's state as of that statement (None for a session we hold no rows for and
     were given no `facts` about), and whether this call queued the completion (and so holds the
     outbox row's lease and should deliver it now). A repeated `request_id` of `caller` is about
-    its first call's session. A caller who takes no part in the session writes nothing."""
+    its first call's session. A caller who takes no part in the session writes nothing. The
+    outbox row it queues keeps `traceparent`, the W3C context of the confirming call's trace."""
     row = await _CONFIRM.fetchrow(
         conn,
         {
@@ -272,6 +274,7 @@ async def confirm(
             "user_limit": caps.user_daily,
             "window": window.total_seconds(),
             "lease": float(lease),
+            "traceparent": traceparent,
         },
     )
     return (None, False) if row is None else (_state(row), row["queued"])
@@ -330,10 +333,20 @@ async def release(conn: asyncpg.Connection, session_id: str, attempt: int) -> No
     await _RELEASE.execute(conn, {"session_id": session_id, "attempt": attempt})
 
 
-async def claim_due(conn: asyncpg.Connection, limit: int, lease: float) -> list[tuple[str, int]]:
-    """Claims up to `limit` due rows for `lease` seconds: (session_id, this attempt's number)."""
+@dataclass(frozen=True)
+class Claim:
+    """A claimed outbox row: its session, this attempt's number, and the W3C traceparent of the
+    confirmation that queued it (None when that was not traced, or the sweeper queued it)."""
+
+    session_id: str
+    attempt: int
+    traceparent: str | None
+
+
+async def claim_due(conn: asyncpg.Connection, limit: int, lease: float) -> list[Claim]:
+    """Claims up to `limit` due rows for `lease` seconds."""
     rows = await _CLAIM.fetch(conn, {"limit": limit, "lease": float(lease)})
-    return [(str(row["session_id"]), row["attempts"]) for row in rows]
+    return [Claim(str(row["session_id"]), row["attempts"], row["traceparent"]) for row in rows]
 
 
 async def outbox_backlog(conn: asyncpg.Connection) -> Record:

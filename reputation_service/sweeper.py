@@ -10,6 +10,7 @@ from datetime import timedelta
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from common import tracing
 from common.db import connection
 from common.errors import DatabaseUnavailable
 from reputation_service import store
@@ -40,8 +41,9 @@ class Sweeper:
         """One pass: the ids of the sessions it closed (one transaction per batch)."""
         closed: list[str] = []
         while not self._stopping.is_set():
-            async with connection(self._db) as conn, conn.transaction():
-                batch = await store.close_expired(conn, self._window, BATCH)
+            with tracing.untraced():  # polled every interval, like the relay's claims
+                async with connection(self._db) as conn, conn.transaction():
+                    batch = await store.close_expired(conn, self._window, BATCH)
             closed += batch
             if len(batch) < BATCH:
                 break

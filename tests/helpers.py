@@ -41,6 +41,9 @@ if TYPE_CHECKING:
     import asyncpg
     import pytest
     from google.protobuf.timestamp_pb2 import Timestamp
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import SpanKind
 
     from common.app import AppServer
 
@@ -457,6 +460,34 @@ async def the_one_call_line(caplog: pytest.LogCaptureFixture, method: str) -> di
 def assert_nothing_at_error(caplog: pytest.LogCaptureFixture) -> None:
     loud = [record for record in caplog.records if record.levelno >= logging.ERROR]
     assert loud == [], [record.getMessage() for record in loud]
+
+
+# --- Traces -----------------------------------------------------------------------------------------
+
+
+def spans_named(exporter: InMemorySpanExporter, name: str, kind: SpanKind) -> list[ReadableSpan]:
+    """The finished spans of `name` and `kind` the exporter holds, oldest first."""
+    return [s for s in exporter.get_finished_spans() if s.name == name and s.kind == kind]
+
+
+async def the_span(exporter: InMemorySpanExporter, name: str, kind: SpanKind) -> ReadableSpan:
+    """The one span of `name` and `kind` finished since the exporter was cleared. A server's span
+    can end a moment after its caller has the reply, so this waits for it."""
+
+    async def finished() -> bool:
+        return bool(spans_named(exporter, name, kind))
+
+    await wait_for(finished, within=5, what=f"a {kind.name} span {name}")
+    (span,) = spans_named(exporter, name, kind)
+    return span
+
+
+def same_trace(exporter: InMemorySpanExporter, span: ReadableSpan) -> list[ReadableSpan]:
+    """Every finished span of `span`'s trace."""
+    assert span.context is not None
+    return [
+        s for s in exporter.get_finished_spans() if s.context and s.context.trace_id == span.context.trace_id
+    ]
 
 
 # --- Metrics ----------------------------------------------------------------------------------------
