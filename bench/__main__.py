@@ -7,9 +7,11 @@ import asyncio
 import contextlib
 import os
 import signal
+import statistics
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,10 @@ class Settings:
     # concurrency overload_limit ("at the limit") and OVERLOAD_FACTOR times it ("overload").
     overload_scenarios: tuple[str, ...]
     overload_limit: int
+    # Measured with the services' tracing off and on (exporting every span), at a concurrency the
+    # main table has too: its service figures of the same run are the yardstick for "off".
+    tracing_scenarios: tuple[str, ...]
+    tracing_concurrency: int
 
 
 OVERLOAD_FACTOR = 4
@@ -67,10 +73,12 @@ FULL = Settings(
     tls_concurrency=16,
     overload_scenarios=("GetSession", "CreateSession"),
     overload_limit=16,
+    tracing_scenarios=("GetSession", "ConfirmCompletion"),
+    tracing_concurrency=16,
 )
 SMOKE = replace(FULL, smoke=True, concurrency=(4,), repeat=1, warmup=0.1, window=0.3, lead=0.2, clients=2)
 SMOKE = replace(SMOKE, small=500, large=5_000, conversation=300, workers_concurrency=4, tls_concurrency=4)
-SMOKE = replace(SMOKE, overload_limit=4)
+SMOKE = replace(SMOKE, overload_limit=4, tracing_concurrency=4)
 
 
 def _say(line: str) -> None:
@@ -85,9 +93,10 @@ def _steps(settings: Settings) -> int:
     workers = 1 + 2 * len(settings.workers_scenarios)  # the restart with 2 workers; 1 and 2 workers
     tls = 1 + len(settings.tls_scenarios)  # the restart on TLS, then each scenario
     overload = 1 + len(settings.overload_scenarios)  # the restart with the limit, then each scenario
+    tracing = 2 * settings.repeat  # in each repetition: tracing off, then on, each after a restart
     finish = 2  # the stack stopped, the report written
     measured = len(SCENARIOS) * len(settings.concurrency)
-    return setup + measured + scale + workers + tls + overload + finish
+    return setup + measured + scale + workers + tls + tracing + overload + finish
 
 
 def _scenarios(runner: Runner, settings: Settings, progress: Progress) -> dict[str, Any]:
@@ -164,6 +173,72 @@ def _tls(runner: Runner, stack: Stack, settings: Settings, progress: Progress) -
         "mutual": bool(stack.server_tls["TLS_CLIENT_CA_FILE"]),
         "scenarios": results,
         "seconds": time.monotonic() - began,  # the restart included
+    }
+
+
+def _spread(runs: list[dict[str, Any]]) -> float:
+    """Run-to-run noise of a case: (max - min) / median of its runs' throughput."""
+    rates = [run["ops_per_s"] for run in runs]
+    middle = statistics.median(rates)
+    return (max(rates) - min(rates)) / middle if middle else 0.0
+
+
+def _tracing(
+    runner: Runner, stack: Stack, settings: Settings, progress: Progress, main: dict[str, Any]
+) -> dict[str, Any]:
+    """The services (one worker each, plaintext) with tracing off, then on: every call sampled and
+    its spans exported to the bench's local OTLP receiver, which counts and drops them. Each mode
+    runs on freshly restarted services, off and on alternating within each repetition. The "off"
+    figures are set beside the `main` table's service figures of the same run."""
+    began = time.monotonic()
+    endpoint = stack.start_receiver()
+    concurrency = settings.tracing_concurrency
+    modes = {"off": "", "on": endpoint}
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        mode: {scenario: [] for scenario in settings.tracing_scenarios} for mode in modes
+    }
+    spans: dict[str, Counter[str]] = {mode: Counter() for mode in modes}
+    named = " and ".join(settings.tracing_scenarios)
+    for repetition in range(1, settings.repeat + 1):
+        for mode, otlp_endpoint in modes.items():
+            exporting = f", exporting to {otlp_endpoint}" * bool(otlp_endpoint)
+            progress.step(
+                f"tracing {mode}, run {repetition}/{settings.repeat}: restarting the services (1 worker "
+                f"each{exporting}), then {named} c={concurrency}"
+            )
+            stack.stop_services()
+            before = Counter(stack.spans_received())
+            stack.start_services(1, otlp_endpoint=otlp_endpoint)
+            for scenario in settings.tracing_scenarios:
+                runs[mode][scenario].append(runner.once(scenario, "service", concurrency))
+            stack.stop_services()  # a traced service exports the spans it still holds as it stops
+            spans[mode] += Counter(stack.spans_received()) - before
+    results: dict[str, Any] = {}
+    for scenario in settings.tracing_scenarios:
+        off, on = (median(runs[mode][scenario]) for mode in modes)
+        reference = main[scenario][str(concurrency)]["service"]
+        results[scenario] = {
+            "off": off,
+            "on": on,
+            "ratio": on["ops_per_s"] / off["ops_per_s"] if off["ops_per_s"] else 0.0,  # on / off
+            "cpu_us_added": on["cpu_us_per_call"] - off["cpu_us_per_call"],
+            "main_ops_per_s": reference["ops_per_s"],
+            "off_over_main": off["ops_per_s"] / reference["ops_per_s"] if reference["ops_per_s"] else 0.0,
+            # The larger run-to-run spread of the two: "off" within it costs nothing measurable.
+            "noise": max(_spread(reference["runs"]), _spread(off["runs"])),
+        }
+        _say(
+            f"{scenario:18} c={concurrency:<3} tracing off {off['ops_per_s']:9,.0f} ops/s "
+            f"(÷ main table {results[scenario]['off_over_main']:.2f}), on {on['ops_per_s']:9,.0f} ops/s "
+            f"(÷ off {results[scenario]['ratio']:.2f})"
+        )
+    return {
+        "concurrency": concurrency,
+        "endpoint": endpoint,
+        "spans": {mode: dict(counts) for mode, counts in spans.items()},  # by service name
+        "receiver_cpu_seconds": stack.receiver_cpu_seconds(),
+        "scenarios": results,
+        "seconds": time.monotonic() - began,  # the restarts included
     }
 
 
@@ -311,6 +386,7 @@ def run(settings: Settings, out: Path) -> Path:
         result["scale"]["seed_seconds"]["small"] = small_seconds
         result["workers"] = _workers(runner, stack, settings, progress)
         result["tls"] = _tls(runner, stack, settings, progress)
+        result["tracing"] = _tracing(runner, stack, settings, progress, result["scenarios"])
         # Last: no later section needs the services without their limit.
         result["overload"] = _overload(runner, stack, settings, progress)
         progress.step("stopping the load processes, the services, the floors and PostgreSQL")

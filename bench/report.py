@@ -22,6 +22,8 @@ READS = ("GetSession", "ListSessions", "ListMessages")
 # Overload (concurrency 4 x MAX_CONCURRENT_RPCS against at the limit): accepted p99 ratio, refusal
 # latency as the caller sees it, peak RSS ratio.
 OVERLOAD_P99_TARGET, REFUSAL_TARGET_MS, OVERLOAD_RSS_TARGET = 2.0, 10.0, 1.5
+# Tracing on (every span exported) / off throughput wanted.
+TRACING_TARGET = 0.85
 
 
 async def postgres_version(dsn: str) -> str:
@@ -134,7 +136,7 @@ def markdown(report: dict[str, Any]) -> str:
     out += _table([*head, "rpc ops/s", "errors"], rows)
     out += ["## CPU per call (µs)", ""]
     out += _table(["scenario", "conc", *KINDS, "PG (service)", "PG (fused)"], cpu_rows)
-    out += _tls(report["tls"])
+    out += _tls(report["tls"]) + _tracing(report["tracing"])
     if "overload" in report:
         out += _overload(report["overload"])
     out += _scale(report["scale"]) + _workers(report["workers"])
@@ -191,6 +193,56 @@ def _tls(tls: dict[str, Any]) -> list[str]:
     out += ["CPU per call (µs) with TLS: the server processes, as in the table above.", ""]
     cpu_head = ["scenario", "service TLS", "fused TLS", "fused plaintext", "rpc TLS", "TLS on the floor"]
     return out + _table(cpu_head, cpu_rows)
+
+
+def _counts(spans: dict[str, int]) -> str:
+    by_service = ", ".join(f"{name or 'no service.name'} {count:,}" for name, count in sorted(spans.items()))
+    return f"{sum(spans.values()):,}" + (f" ({by_service})" if by_service else "")
+
+
+def _tracing(tracing: dict[str, Any]) -> list[str]:
+    spans = tracing["spans"]
+    out = [
+        "## Tracing: off vs on (every call sampled, spans exported over OTLP)",
+        "",
+        f"Concurrency {tracing['concurrency']}, one worker per service, plaintext. *off*: the services "
+        "with no OTEL_* variable set, as in every other section; *on*: OTEL_EXPORTER_OTLP_ENDPOINT at a "
+        "local OTLP/gRPC receiver the bench starts (bench/otlp_receiver.py: counts the spans, drops "
+        "them) and OTEL_TRACES_SAMPLER=always_on. The services are restarted for each mode, off and on "
+        "alternating within each repetition. The receiver got "
+        f"{_counts(spans['off'])} spans with tracing off and {_counts(spans['on'])} with it on; it runs "
+        f"on the same cores and used {tracing['receiver_cpu_seconds']:.1f} s of CPU, not in the CPU "
+        f"column. Targets: on ÷ off throughput ≥ {TRACING_TARGET}; off costs nothing measurable: its "
+        "throughput ÷ the main table's service figure of this run is within 1 ± the run-to-run noise "
+        "(the larger (max - min) / median of the two cases' runs). "
+        f"This section took {tracing['seconds']:.0f} s of the wall time.",
+        "",
+    ]
+    rows = []
+    for scenario, case in tracing["scenarios"].items():
+        off, on = case["off"], case["on"]
+        figures = [(off[key], on[key]) for key in ("p50_ms", "p99_ms", "cpu_us_per_call")]
+        within = abs(case["off_over_main"] - 1) <= case["noise"]
+        rows.append(
+            [
+                scenario,
+                _f(off["ops_per_s"]),
+                _f(on["ops_per_s"]),
+                f"**{case['ratio']:.2f}**",
+                _met(case["ratio"] >= TRACING_TARGET),
+                *(_f(value) for pair in figures for value in pair),
+                f"{case['cpu_us_added']:+.0f}",
+                _f(case["main_ops_per_s"]),
+                f"**{case['off_over_main']:.2f}**",
+                f"±{case['noise']:.2f}",
+                _met(within),
+                str(off["errors"] + on["errors"]),
+            ]
+        )
+    head = ["scenario", "ops/s off", "ops/s on", "on ÷ off", f"≥ {TRACING_TARGET}: met", "p50 ms off"]
+    head += ["p50 ms on", "p99 ms off", "p99 ms on", "CPU µs off", "CPU µs on", "CPU µs added"]
+    head += ["main table ops/s", "off ÷ main", "noise", "off within noise", "errors"]
+    return out + _table(head, rows)
 
 
 def _met(ok: bool) -> str:

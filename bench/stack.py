@@ -6,7 +6,8 @@ Its key material is made fresh in the temp folder, as `make run` makes the devel
 HS256 user-token key, the reputation service's Ed25519 service-token key and the JWK Set that
 trusts it, the page-token secret, and a private CA with a server and a client certificate for the
 TLS runs (mutual TLS: the services and the fused and echo floors require the client certificate).
-Nothing of the trust configuration is inherited from the environment the bench runs in."""
+Nothing of the trust or the tracing configuration is inherited from the environment the bench runs
+in: the services trace only when the bench restarts them exporting to its own OTLP receiver."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.otlp_receiver import COUNT_METHOD
 from bench.procs import (
     children,
     cpu_seconds,
@@ -41,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"session": "session_service", "reputation": "reputation_service"}
 READY_SECONDS = 60
 SERVICE_KEY_ID = "bench-reputation"
-# Trust settings the bench makes itself: none may leak in from the environment it runs in.
-_OWN_PREFIXES = ("JWT_", "TLS_", "SERVICE_SIGNING_KEY", "SERVICE_TOKEN_", "PAGE_TOKEN_")
+# Trust and tracing settings the bench makes itself: none may leak in from the environment it runs in.
+_OWN_PREFIXES = ("JWT_", "TLS_", "SERVICE_SIGNING_KEY", "SERVICE_TOKEN_", "PAGE_TOKEN_", "OTEL_")
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -50,7 +52,7 @@ def _asyncpg_dsn(url: str) -> str:
 
 
 class Stack:
-    """PostgreSQL, both services (restartable with N workers) and the floor servers."""
+    """PostgreSQL, both services (restartable with N workers), the floor servers and the OTLP receiver."""
 
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
@@ -78,9 +80,11 @@ class Stack:
         self.dsns = ("", "")
         self.services: dict[str, subprocess.Popen[bytes]] = {}
         self.floors: dict[str, tuple[subprocess.Popen[bytes], int, int]] = {}  # process, port, TLS port
+        self.receiver: tuple[subprocess.Popen[bytes], int] | None = None  # the OTLP receiver, its port
         self.peaks: dict[str, float] = {}  # "<process> (<workers>)" -> VmHWM MiB
         self.workers = 1
         self.limit = 0  # MAX_CONCURRENT_RPCS the bench set for the session service now running (0: none)
+        self.otlp_endpoint = ""  # where the services now running export their spans ("": not traced)
 
     @staticmethod
     def _service_keys(directory: Path) -> dict[str, str]:
@@ -156,18 +160,29 @@ class Stack:
             if log.stat().st_size > limit:
                 os.truncate(log, 0)
 
-    def start_services(self, workers: int = 1, tls: bool = False, limit: int = 0) -> None:
+    def start_services(
+        self, workers: int = 1, tls: bool = False, limit: int = 0, otlp_endpoint: str = ""
+    ) -> None:
         """Both services; with `limit`, the session service runs with MAX_CONCURRENT_RPCS=`limit`
-        (otherwise whatever the environment says, by default the services' own 512)."""
+        (otherwise whatever the environment says, by default the services' own 512). With
+        `otlp_endpoint`, both trace every call (OTEL_TRACES_SAMPLER=always_on) and export the spans
+        there over OTLP/gRPC, each under its package name as OTEL_SERVICE_NAME."""
         self.workers = workers
         self.tls = tls
         self.limit = limit
+        self.otlp_endpoint = otlp_endpoint
         for name, package in PACKAGES.items():
             log = self.workdir / f"{package}.log"
             log.write_bytes(b"")
             env = self.env(workers, tls)
             if limit and name == "session":
                 env["MAX_CONCURRENT_RPCS"] = str(limit)
+            if otlp_endpoint:
+                env.update(
+                    OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
+                    OTEL_TRACES_SAMPLER="always_on",
+                    OTEL_SERVICE_NAME=package,
+                )
             process = self._spawn(["-m", package], log, env, subprocess.DEVNULL)
             self.services[name] = process
             self._wait_serving(name, process, log, workers)
@@ -257,6 +272,7 @@ class Stack:
         extra = ", TLS" * self.tls
         if self.limit and name == "session":
             extra += f", MAX_CONCURRENT_RPCS={self.limit}"
+        extra += ", tracing" * bool(self.otlp_endpoint)
         return f"{PACKAGES[name]} ({workers}{extra})"
 
     def stop_services(self) -> None:
@@ -265,16 +281,39 @@ class Stack:
             terminate(process)
         self.services = {}
 
+    def _spawn_ready(self, name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        """A bench server that prints "ready" once it listens."""
+        log = self.workdir / f"{name}.log"
+        process = self._spawn(args, log, env, subprocess.PIPE)
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != b"ready":
+            raise RuntimeError(f"the {name} server did not start: {log.read_text()[-2000:]}")
+        return process
+
     def start_floor(self, kind: str) -> None:
         """A floor server listening twice: plaintext, and mutual TLS (same process, same pools)."""
         port, tls_port = free_port(), free_port()
-        log = self.workdir / f"{kind}.log"
         args = ["-m", "bench.floors", kind, str(port), str(tls_port)]
-        process = self._spawn(args, log, self.env(tls=True), subprocess.PIPE)
-        assert process.stdout is not None
-        if process.stdout.readline().strip() != b"ready":
-            raise RuntimeError(f"the {kind} floor did not start: {log.read_text()[-2000:]}")
-        self.floors[kind] = (process, port, tls_port)
+        self.floors[kind] = (self._spawn_ready(kind, args, self.env(tls=True)), port, tls_port)
+
+    def start_receiver(self) -> str:
+        """The local OTLP receiver (bench.otlp_receiver); returns its endpoint for start_services."""
+        port = free_port()
+        args = ["-m", "bench.otlp_receiver", str(port)]
+        self.receiver = (self._spawn_ready("otlp_receiver", args, self.env()), port)
+        return f"http://127.0.0.1:{port}"
+
+    def spans_received(self) -> dict[str, int]:
+        """The spans the receiver has been sent since it started, by service name."""
+        assert self.receiver is not None
+        with grpc.insecure_channel(f"127.0.0.1:{self.receiver[1]}") as channel:
+            counts: dict[str, int] = json.loads(channel.unary_unary(COUNT_METHOD)(b"", timeout=10))
+        return counts
+
+    def receiver_cpu_seconds(self) -> float:
+        """The receiver's CPU time so far: decoding the exports, on the cores the services use too."""
+        assert self.receiver is not None
+        return cpu_seconds(self.receiver[0].pid)
 
     def close(self) -> None:
         self.stop_services()
@@ -282,5 +321,8 @@ class Stack:
             self._record_peaks(f"{kind} floor", [process.pid])
             terminate(process)
         self.floors = {}
+        if self.receiver is not None:
+            terminate(self.receiver[0])
+            self.receiver = None
         if self.embedded:
             stop_embedded(self.workdir)

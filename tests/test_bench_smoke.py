@@ -43,7 +43,7 @@ def assert_progress(stderr: str) -> None:
 
 
 def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_report(tmp_path):
-    # About a minute: the plaintext scenarios, scale, workers, the TLS rows, then overload.
+    # About a minute: the plaintext scenarios, scale, workers, the TLS rows, tracing, then overload.
     # Its own embedded PostgreSQL, whatever databases this environment points at.
     env = {k: v for k, v in os.environ.items() if not k.endswith("_DATABASE_URL")}
     done = subprocess.run(
@@ -92,6 +92,25 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
         assert case["ratio"] > 0 and case["floor_tls_over_plaintext"] > 0, scenario
     markdown = (tmp_path / "latest.md").read_text()
     assert "## TLS: the hot RPCs over mutual TLS" in markdown
+    # Tracing off and on (100% sampled, exported to the bench's OTLP receiver), the same scenarios on
+    # restarted services; "off" set beside the main table's service figures at that concurrency.
+    tracing = report["tracing"]
+    assert set(tracing["scenarios"]) == {"GetSession", "ConfirmCompletion"}
+    for scenario, case in tracing["scenarios"].items():
+        for mode in ("off", "on"):
+            figures = case[mode]
+            where = ("tracing", scenario, mode)
+            assert figures["errors"] == 0, (where, figures.get("error"))
+            assert not figures["exhausted"], where
+            assert all(figures[name] > 0 for name in FIGURES), (where, figures)
+        main = report["scenarios"][scenario][str(tracing["concurrency"])]["service"]
+        assert case["main_ops_per_s"] == main["ops_per_s"], scenario
+        assert case["ratio"] > 0 and case["off_over_main"] > 0 and case["noise"] >= 0, (scenario, case)
+    # The spans really left the services: none with tracing off, both services' with it on.
+    assert tracing["spans"]["off"] == {}
+    assert set(tracing["spans"]["on"]) == {"session_service", "reputation_service"}, tracing["spans"]
+    assert all(count > 0 for count in tracing["spans"]["on"].values()), tracing["spans"]
+    assert "## Tracing: off vs on" in markdown
     # Overload: the session service at MAX_CONCURRENT_RPCS = M, measured at concurrency M and 4 x M;
     # refused calls (RESOURCE_EXHAUSTED OVERLOADED) counted and timed apart, never errors.
     overload = report["overload"]
@@ -121,6 +140,7 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
     assert f"## Overload: MAX_CONCURRENT_RPCS = {limit}, concurrency {limit} vs {4 * limit}" in markdown
     assert f"session_service (1 worker, MAX_CONCURRENT_RPCS={limit})" in report["peak_rss_mib"]
     assert any("(1 worker, TLS)" in name for name in report["peak_rss_mib"])
+    assert any("(1 worker, tracing)" in name for name in report["peak_rss_mib"])
     two_workers = [name for name in report["peak_rss_mib"] if "(2 workers)" in name]
     assert len(two_workers) == 4, report["peak_rss_mib"]  # two processes for each service
     assert all(mib > 0 for mib in report["peak_rss_mib"].values())
