@@ -329,7 +329,8 @@ def _scale(scale: dict[str, Any]) -> list[str]:
         f"{scale['conversation']:,} messages. Seeding the large set took "
         f"{scale['seed_seconds']['large']:.1f} s. ListLeaderboard pages the all-time board of "
         f"{scale['board']['users']:,} users: its small column is the first page (rank 1), its large "
-        f"column the page after rank {scale['board']['deep_rank']:,}. "
+        f"column the page after rank {scale['board']['deep_rank']:,}, measured alternately after the "
+        "large set was seeded. "
         f"Target: large/small p50 ≤ {SCALE_TARGET}.",
         "",
     ]

@@ -71,9 +71,13 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
                 assert figures["errors"] == 0, (where, figures.get("error"))
                 assert not figures["exhausted"], where
                 assert all(figures[name] > 0 for name in FIGURES), (where, figures)
+    assert set(report["scale"]["cases"]) == {"GetSession", "ListSessions", "ListMessages", "ListLeaderboard"}
     for scenario, case in report["scale"]["cases"].items():
         assert case["small"]["p50_ms"] > 0 and case["large"]["p50_ms"] > 0, scenario
+        assert case["small"]["errors"] == case["large"]["errors"] == 0, scenario
         assert case["p50_ratio"] > 0, scenario
+    board = report["scale"]["board"]
+    assert board["deep_rank"] == int(0.9 * board["users"]) > 0, board
     for scenario, case in report["workers"].items():
         assert case["1"]["ops_per_s"] > 0 and case["2"]["ops_per_s"] > 0, scenario
         assert case["1"]["errors"] == case["2"]["errors"] == 0, scenario
