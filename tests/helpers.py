@@ -16,11 +16,11 @@ import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
@@ -239,6 +239,24 @@ async def grpcurl_describe(port: int, symbol: str) -> str:
     done = await run_program(*command, within=30)
     assert done.returncode == 0, f"{command} exited {done.returncode}: {done.stderr}"
     return done.stdout
+
+
+T = TypeVar("T")
+# Calls one test keeps in flight on one channel: a connection carries 100 streams at a time, and
+# past that the server refuses streams (the retry policy absorbs a few, not a burst of hundreds).
+IN_FLIGHT = 90
+
+
+async def together(calls: Iterable[Awaitable[T]], limit: int = IN_FLIGHT) -> list[T]:
+    """Awaits `calls` at once, at most `limit` in flight: calls listed next to each other still race
+    (the same session confirmed by both sides, repeats), and no stream waits on the cap."""
+    gate = asyncio.Semaphore(limit)
+
+    async def one(call: Awaitable[T]) -> T:
+        async with gate:
+            return await call
+
+    return await asyncio.gather(*(one(call) for call in calls))
 
 
 async def holds(value: bool) -> bool:

@@ -34,6 +34,7 @@ from tests.helpers import (
     paired,
     service_metadata,
     session_statuses,
+    together,
     wait_for,
     walk,
 )
@@ -280,7 +281,7 @@ async def test_thirty_sessions_of_one_pair_confirmed_at_once_with_repeats_award_
             for _ in range(repeats)
         ]
         assert len(calls) == 150
-        replies = await asyncio.gather(*calls)
+        replies = await together(calls)
 
         async def all_completed() -> bool:
             return await session_statuses(db, ids) == Counter({"completed": 30})
@@ -335,7 +336,7 @@ async def test_concurrent_awards_from_twelve_partners_never_take_a_user_past_the
             for who in (user, partner)
             for _ in range(2)
         ]
-        replies = await asyncio.gather(*calls)
+        replies = await together(calls)
         mine = await get_reputation(reputation, as_user(user))
 
     events = await ledger(db, ids)
@@ -376,7 +377,7 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
             for user in pair
             for _ in range(3)
         ]
-        replies = await asyncio.gather(*calls)
+        replies = await together(calls)
 
     users = [user for pair in pairs for user in pair]
     assert await scores(db, users) == dict.fromkeys(users, (1, 1))

@@ -18,7 +18,7 @@ from interview.sessions.v1 import sessions_pb2_grpc
 from common.client import channel_options
 from reputation_service import api as reputation_api
 from tests.conftest import reputation_config_for, start_session_server, wait_serving
-from tests.helpers import confirm, create, new_id, session_statuses, user_metadata, wait_for
+from tests.helpers import confirm, create, new_id, session_statuses, together, user_metadata, wait_for
 from tests.servers import ServiceProcess
 
 
@@ -42,8 +42,8 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
     pairs = [(new_id(), new_id()) for _ in range(50)]
     created = await asyncio.gather(*(create(sessions, as_user(o), partner=b) for o, b in pairs))
     ids = [session.session_id for session in created]
-    # 300 calls at once on one connection: past its 100 streams the server refuses a stream, and
-    # the typed clients' retry policy (used here as an internal caller would) sends it again.
+    # 300 calls, up to IN_FLIGHT of them at once on one connection (which carries 100 streams), with
+    # the typed clients' retry policy, as an internal caller would.
     async with grpc.aio.insecure_channel(
         f"127.0.0.1:{reputation_server.port}", options=channel_options()
     ) as channel:
@@ -54,7 +54,7 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
             for user in pair
             for _ in range(3)
         ]
-        replies = await asyncio.gather(*calls)
+        replies = await together(calls)
 
     assert all(reply.session_id in ids for reply in replies)
     users = [user for pair in pairs for user in pair]
