@@ -8,15 +8,15 @@ Revision ID: 0005
 Revises: 0004
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from reputation_service.migrations import earlier
 
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
+REVISION_0004 = "0004_confirm_in_one_call.py"
 
 # One rating per rater and session; the rated user's count and sum sit with their score.
 _RATINGS = """
@@ -146,19 +146,12 @@ def upgrade() -> None:
     op.execute(_BACKFILL)
 
 
-def _revision_0004_post_events() -> str:
-    """post_events as revision 0004 wrote it."""
-    spec = importlib.util.spec_from_file_location(
-        "revision_0004", Path(__file__).with_name("0004_confirm_in_one_call.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module._POST_EVENTS).replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
-
-
 def downgrade() -> None:
-    op.execute(_revision_0004_post_events())
+    op.execute(
+        earlier.statement(REVISION_0004, "_POST_EVENTS").replace(
+            "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
+        )
+    )
     op.execute("DROP FUNCTION reputation.period_start(text, timestamptz)")
     op.execute("DROP TABLE reputation.leaderboard")
     op.execute("ALTER TABLE reputation.scores DROP COLUMN rating_count, DROP COLUMN rating_sum")

@@ -6,15 +6,15 @@ Revision ID: 0006
 Revises: 0005
 """
 
-import importlib.util
-from pathlib import Path
-
 from alembic import op
+
+from reputation_service.migrations import earlier
 
 revision = "0006"
 down_revision = "0005"
 branch_labels = None
 depends_on = None
+REVISION_0004 = "0004_confirm_in_one_call.py"
 
 _ARGUMENTS = "uuid, uuid, uuid, uuid, uuid, text, integer, integer, double precision, double precision"
 _OLD_CONFIRM = f"reputation.confirm({_ARGUMENTS})"
@@ -137,18 +137,7 @@ def upgrade() -> None:
     op.execute(_CONFIRM)
 
 
-def _revision_0004_confirm() -> str:
-    """confirm as revision 0004 wrote it."""
-    spec = importlib.util.spec_from_file_location(
-        "revision_0004", Path(__file__).with_name("0004_confirm_in_one_call.py")
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return str(module._CONFIRM)
-
-
 def downgrade() -> None:
     op.execute(f"DROP FUNCTION {_NEW_CONFIRM}")
-    op.execute(_revision_0004_confirm())
+    op.execute(earlier.statement(REVISION_0004, "_CONFIRM"))
     op.execute("ALTER TABLE reputation.outbox DROP COLUMN traceparent")
