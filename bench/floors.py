@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import uuid
 from typing import Any
@@ -25,6 +24,7 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
 from bench import sqlpaths
+from bench.procs import serve_until_signal
 from bench.workloads import SCENARIOS
 from common.app import SERVER_OPTIONS
 from common.auth.verify import LEEWAY_SECONDS
@@ -156,13 +156,7 @@ async def serve(kind: str, port: int, tls_port: int | None) -> None:
     server.add_insecure_port(f"127.0.0.1:{port}")
     if tls_port is not None:
         server.add_secure_port(f"127.0.0.1:{tls_port}", server_credentials(tls_settings(os.environ)))
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await server.start()
-    print("ready", flush=True)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_signal(server)
     if pools is not None:
         await sqlpaths.close_pools(pools)
 

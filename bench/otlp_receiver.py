@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import sys
 from collections import Counter
 
 import grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+from bench.procs import serve_until_signal
 
 COUNT_METHOD = "/bench.Spans/Count"
 
@@ -54,13 +55,7 @@ async def serve(port: int) -> None:
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
     server.add_generic_rpc_handlers((count_handler(receiver),))
     server.add_insecure_port(f"127.0.0.1:{port}")
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
-    await server.start()
-    print("ready", flush=True)
-    await stop.wait()
-    await server.stop(1)
+    await serve_until_signal(server)
 
 
 if __name__ == "__main__":

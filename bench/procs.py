@@ -1,14 +1,17 @@
 """Processes: their CPU time (utime + stime), children and (peak) memory from /proc; free ports;
-stopping the servers the bench starts."""
+stopping the servers the bench starts, and how those servers run until stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import os
 import signal
 import socket
 import subprocess
 from pathlib import Path
+
+import grpc
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _PR_SET_PDEATHSIG = 1
@@ -82,3 +85,15 @@ def terminate(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+async def serve_until_signal(server: grpc.aio.Server) -> None:
+    """Starts `server`, says "ready" on stdout (what the bench's Stack waits for), serves until
+    SIGTERM or SIGINT, then stops it."""
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(signum, stop.set)
+    await server.start()
+    print("ready", flush=True)
+    await stop.wait()
+    await server.stop(1)

@@ -54,7 +54,7 @@ async def _state(db: AsyncEngine, session_id: str) -> store.ConfirmationState | 
         return await store.confirmation_state(conn, session_id)
 
 
-async def participant_view(
+async def _participant_view(
     db: AsyncEngine,
     sessions: SessionsClient,
     session_id: str,
@@ -80,6 +80,15 @@ async def participant_view(
     if refusal is not None:
         raise refusal
     return session, known, looked_up
+
+
+async def readable_view(
+    db: AsyncEngine, sessions: SessionsClient, session_id: str, caller: str, deadline: float
+) -> tuple[SessionFacts, store.ConfirmationState | None, str | None]:
+    """`_participant_view` for a call that reads the confirmation (GetConfirmation, RatePartner):
+    our rows read first, the status not checked."""
+    known = await _state(db, session_id)
+    return await _participant_view(db, sessions, session_id, caller, known, False, deadline)
 
 
 async def _status(
@@ -140,7 +149,9 @@ async def confirm_completion(
     state, queued, lease_end = await record(None)
     looked_up = None
     if state is None:
-        session, _, looked_up = await participant_view(db, sessions, session_id, caller, None, True, deadline)
+        session, _, looked_up = await _participant_view(
+            db, sessions, session_id, caller, None, True, deadline
+        )
         state, queued, lease_end = await record(session)
         assert state is not None
     session_id = state.session.session_id
@@ -164,10 +175,7 @@ async def get_confirmation(
 ) -> View:
     """Where the confirmation of `session_id` stands, changing nothing."""
     # The view may have found our rows on a second look (a confirmation completed it meanwhile).
-    known = await _state(db, session_id)
-    session, known, looked_up = await participant_view(
-        db, sessions, session_id, caller, known, False, deadline
-    )
+    session, known, looked_up = await readable_view(db, sessions, session_id, caller, deadline)
     if known is None:
         return View(session_id, None, session.status, None)
     return _view(known, await _status(sessions, known, looked_up, deadline), rules)

@@ -72,15 +72,20 @@ def closed_refusal(session_id: str, confirmed_user_ids: list[str], caller: str) 
     return None if caller in confirmed_user_ids else ConfirmationWindowClosed(session_id)
 
 
-def reversal_note_problem(note: str) -> str | None:
-    """What is wrong with a moderator's reason, if anything (1..500 code points, no NUL)."""
-    if not note:
-        return "is required"
-    if len(note) > MAX_REVERSAL_NOTE:
-        return f"must be at most {MAX_REVERSAL_NOTE} characters"
-    if "\x00" in note:
+def _text_problem(text: str, limit: int, required: bool) -> str | None:
+    """What is wrong with a free text, if anything: its length counts code points; no NUL."""
+    if not text:
+        return "is required" if required else None
+    if len(text) > limit:
+        return f"must be at most {limit} characters"
+    if "\x00" in text:
         return "must not contain NUL"
     return None
+
+
+def reversal_note_problem(note: str) -> str | None:
+    """What is wrong with a moderator's reason, if anything (1..500 code points, no NUL)."""
+    return _text_problem(note, MAX_REVERSAL_NOTE, required=True)
 
 
 @dataclass(frozen=True)
@@ -146,11 +151,7 @@ def rating_problem(rating: int) -> str | None:
 
 def comment_problem(comment: str) -> str | None:
     """What is wrong with a rating's comment (optional; at most 2000 code points, no NUL)."""
-    if len(comment) > MAX_COMMENT:
-        return f"must be at most {MAX_COMMENT} characters"
-    if "\x00" in comment:
-        return "must not contain NUL characters"
-    return None
+    return _text_problem(comment, MAX_COMMENT, required=False)
 
 
 def rating_refusal(session_id: str, confirmed_user_ids: list[str]) -> ServiceError | None:

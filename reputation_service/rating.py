@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from common.db import connection
 from reputation_service import domain, store
-from reputation_service.confirming import participant_view
+from reputation_service.confirming import readable_view
 from reputation_service.sessions_client import SessionsClient
 
 
@@ -29,10 +29,8 @@ async def rate_partner(
             earlier = await store.rating_by_request(conn, caller, request_id)
         if earlier is not None:
             return earlier
-    async with connection(db) as conn:
-        known = await store.confirmation_state(conn, session_id)
     # Not a participant, unknown, solo: refused as GetConfirmation would refuse it.
-    session, known, _ = await participant_view(db, sessions, session_id, caller, known, False, deadline)
+    session, known, _ = await readable_view(db, sessions, session_id, caller, deadline)
     refusal = domain.rating_refusal(session_id, known.confirmed_user_ids if known else [])
     if refusal is not None:
         raise refusal

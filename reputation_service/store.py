@@ -25,7 +25,7 @@ _CONFIRM = Query(
                               :pair_limit, :user_limit, :window, :lease, :traceparent) AS r
     """
 )
-_CLOSE_EXPIRED = Query("SELECT reputation.close_expired(:window, :limit, :only) AS session_id")
+_CLOSE_EXPIRED = Query("SELECT reputation.close_expired(:window, :limit, NULL) AS session_id")
 _REVERSAL_BY_REQUEST = Query(
     "SELECT session_id FROM reputation.reversal_requests WHERE caller = :caller AND request_id = :request_id"
 )
@@ -280,12 +280,11 @@ async def confirm(
     return (None, False) if row is None else (_state(row), row["queued"])
 
 
-async def close_expired(
-    conn: asyncpg.Connection, window: timedelta, limit: int = 100, only: str | None = None
-) -> list[str]:
-    """Closes half-confirmed sessions whose window passed (up to `limit`, or just `only`);
-    returns their ids. The relays complete them through the outbox."""
-    params = {"window": window.total_seconds(), "limit": limit, "only": only}
+async def close_expired(conn: asyncpg.Connection, window: timedelta, limit: int) -> list[str]:
+    """Closes up to `limit` half-confirmed sessions whose window passed, in one statement; returns
+    their ids. The relays complete them through the outbox. (A confirmation that finds its own
+    session's window passed closes it inside `reputation.confirm`.)"""
+    params = {"window": window.total_seconds(), "limit": limit}
     return [str(row["session_id"]) for row in await _CLOSE_EXPIRED.fetch(conn, params)]
 
 
