@@ -17,6 +17,7 @@ from reputation_service import domain as reputation_domain
 from reputation_service import store as reputation_store
 from reputation_service.api import LEADERBOARD_CURSOR
 from reputation_service.domain import SessionFacts
+from reputation_service.marks import DeliveryMarks
 from session_service import domain
 from session_service import store as session_store
 from session_service.api import MESSAGES_CURSOR
@@ -41,7 +42,6 @@ MESSAGES = session_store._MESSAGES
 # The services' defaults: the floor decides awards with the same caps and window.
 CAPS = reputation_domain.Caps()
 CONFIRMATION_WINDOW = timedelta(days=7)
-DELIVERED = reputation_store._DELIVERED
 # The services' own defaults: a page is 50 rows, fetched as 51 to know whether another follows.
 PAGE = 50
 OUTBOX_LEASE_SECONDS = 10.0
@@ -54,6 +54,7 @@ class Pools:
     sessions: asyncpg.Pool
     reputation: asyncpg.Pool
     tokens: PageTokens
+    marks: DeliveryMarks  # the reputation service's deliveries are marked the same way
 
 
 Db: TypeAlias = asyncpg.Pool | asyncpg.Connection
@@ -148,7 +149,7 @@ async def confirm_completion(db: Pools, caller: str, request: Any) -> reputation
         raise NotFound("session")
     if queued:
         await _row(db.sessions, COMPLETE_PAIRED, session_id=session_id)
-        await _rows(db.reputation, DELIVERED, session_id=session_id)
+        db.marks.add(session_id)
         state = replace(state, delivered=True)
     return state
 
@@ -184,9 +185,12 @@ async def open_pools(session_url: str, reputation_url: str, size: int, page_secr
     signed with the services' PAGE_TOKEN_SECRET."""
     sessions = await asyncpg.create_pool(session_url, min_size=size, max_size=size)
     reputation = await asyncpg.create_pool(reputation_url, min_size=size, max_size=size)
-    return Pools(sessions=sessions, reputation=reputation, tokens=PageTokens(page_secret))
+    marks = DeliveryMarks(reputation.acquire)
+    await marks.start()
+    return Pools(sessions=sessions, reputation=reputation, tokens=PageTokens(page_secret), marks=marks)
 
 
 async def close_pools(pools: Pools) -> None:
+    await pools.marks.stop()
     await pools.sessions.close()
     await pools.reputation.close()

@@ -18,6 +18,7 @@ from common.fields import Cursor, Fields, PageTokens, timestamp
 from common.metrics import Metrics
 from reputation_service import confirming, domain, rating, relay, store, sweeper
 from reputation_service.config import Config
+from reputation_service.marks import DeliveryMarks
 from reputation_service.sessions_client import STATUSES, SessionsClient
 
 DOMAIN = "interview.reputation"
@@ -92,12 +93,14 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         self,
         db: AsyncEngine,
         sessions: SessionsClient,
+        marks: DeliveryMarks,
         tokens: PageTokens,
         rules: confirming.Rules,
         timeout: float,
     ) -> None:
         self._db = db
         self._sessions = sessions
+        self._marks = marks
         self._tokens = tokens
         self._rules = rules
         self._timeout = timeout
@@ -113,6 +116,7 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         view = await confirming.confirm_completion(
             self._db,
             self._sessions,
+            self._marks,
             self._rules,
             caller,
             session_id,
@@ -273,9 +277,11 @@ def create_server(config: Config) -> AppServer:
     sessions = SessionsClient(
         config.session_service_target, config.signing, config.tls, config.session_service_timeout
     )
+    marks = DeliveryMarks(lambda: connection(engine))
     outbox_relay = relay.Relay(
         engine,
         sessions,
+        marks,
         config.relay_interval,
         config.outbox_lease,
         config.relay_max_backoff,
@@ -317,6 +323,7 @@ def create_server(config: Config) -> AppServer:
                 ReputationApi(
                     engine,
                     sessions,
+                    marks,
                     PageTokens(config.page_token_secret),
                     rules,
                     config.session_service_timeout,
@@ -337,7 +344,8 @@ def create_server(config: Config) -> AppServer:
         max_concurrent_rpcs=config.limits.max_concurrent_rpcs,
         reuse_port=config.workers > 1,
     )
-    app.on_start.extend([outbox_relay.start, window_sweeper.start])
-    # In-flight calls finish first (server.stop), then the relay finishes its current batch.
-    app.on_stop.extend([outbox_relay.stop, window_sweeper.stop, sessions.close, engine.dispose])
+    app.on_start.extend([marks.start, outbox_relay.start, window_sweeper.start])
+    # In-flight calls finish first (server.stop), then the relay finishes its current batch, then
+    # the marks of every delivery made are written.
+    app.on_stop.extend([outbox_relay.stop, window_sweeper.stop, marks.stop, sessions.close, engine.dispose])
     return app

@@ -14,6 +14,7 @@ from common import tracing
 from common.db import connection
 from reputation_service import domain, relay, store
 from reputation_service.domain import SessionFacts
+from reputation_service.marks import DeliveryMarks
 from reputation_service.sessions_client import SessionsClient
 
 
@@ -114,6 +115,7 @@ def _view(state: store.ConfirmationState, status: str, rules: Rules) -> View:
 async def confirm_completion(
     db: AsyncEngine,
     sessions: SessionsClient,
+    marks: DeliveryMarks,
     rules: Rules,
     caller: str,
     session_id: str,
@@ -161,7 +163,9 @@ async def confirm_completion(
     if refusal is not None:
         raise refusal
     if queued:
-        delivered = await relay.deliver(db, sessions, session_id, 1, deadline, lease_end, rules.max_backoff)
+        delivered = await relay.deliver(
+            db, sessions, marks, session_id, 1, deadline, lease_end, rules.max_backoff
+        )
         state = replace(state, delivered=delivered)
         if not delivered:
             # This call decided the award: its reply reports it although the session service just

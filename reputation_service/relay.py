@@ -16,6 +16,7 @@ from common import tracing
 from common.db import connection
 from common.errors import DatabaseUnavailable, ServiceError
 from reputation_service import domain, store
+from reputation_service.marks import DeliveryMarks
 from reputation_service.sessions_client import TRANSIENT, SessionsClient, SessionsUnavailable
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def _described(error: Exception) -> str:
 async def deliver(
     db: AsyncEngine,
     sessions: SessionsClient,
+    marks: DeliveryMarks,
     session_id: str,
     attempt: int,
     budget: float,
@@ -60,8 +62,9 @@ async def deliver(
     queued_by: str | None = None,
 ) -> bool:
     """Attempt number `attempt` to complete `session_id`, under a claim whose lease ends at
-    `lease_end` (event-loop time). On a transient failure the row waits for its next attempt;
-    on a refusal it is parked as dead.
+    `lease_end` (event-loop time). Once the session service has completed it, the row's mark goes
+    to `marks` and the attempt returns without waiting for it. On a transient failure the row
+    waits for its next attempt; on a refusal it is parked as dead.
 
     The attempt is one span: inside the confirming call's trace when that call delivers, else
     (the relay's) a trace of its own linked to `queued_by`, the traceparent of the confirmation
@@ -102,8 +105,7 @@ async def deliver(
             async with connection(db) as conn:
                 await store.postpone(conn, session_id, attempt, detail, delay)
             return False
-        async with connection(db) as conn:
-            await store.mark_delivered(conn, session_id)
+        marks.add(session_id)
         log.info({"event": "delivered", "session_id": session_id, "attempts": attempt})
         return True
 
@@ -115,6 +117,7 @@ class Relay:
         self,
         db: AsyncEngine,
         sessions: SessionsClient,
+        marks: DeliveryMarks,
         interval: float,
         lease: float,
         max_delay: float,
@@ -122,6 +125,7 @@ class Relay:
     ) -> None:
         self._db = db
         self._sessions = sessions
+        self._marks = marks
         self._interval = interval
         self._lease = lease
         self._max_delay = max_delay
@@ -170,6 +174,7 @@ class Relay:
                 deliver(
                     self._db,
                     self._sessions,
+                    self._marks,
                     claim.session_id,
                     claim.attempt,
                     self._timeout,

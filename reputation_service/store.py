@@ -39,12 +39,20 @@ _REVERSALS = Query(
     f"WHERE session_id = :session_id AND reason = '{domain.REVERSAL}' ORDER BY user_id"
 )
 _REVERSE = Query("SELECT * FROM reputation.reverse_awards(:session_id, :note)")
+# Many rows at once (marks.DeliveryMarks), locked in session_id order: two replicas marking rows
+# that both delivered (one after the other's lease ran out) cannot deadlock.
 _DELIVERED = Query(
     """
-    WITH done AS (
-        UPDATE reputation.outbox SET deliver_time = now(), last_error = NULL
-         WHERE session_id = :session_id AND deliver_time IS NULL
-        RETURNING session_id
+    WITH due AS (
+        SELECT session_id FROM reputation.outbox
+         WHERE session_id = ANY (:session_ids) AND deliver_time IS NULL
+         ORDER BY session_id
+           FOR UPDATE
+    ), done AS (
+        UPDATE reputation.outbox o SET deliver_time = now(), last_error = NULL
+          FROM due
+         WHERE o.session_id = due.session_id
+        RETURNING o.session_id
     )
     UPDATE reputation.paired_sessions SET last_known_status = 'completed'
      WHERE session_id IN (SELECT session_id FROM done)
@@ -314,8 +322,8 @@ async def reverse(
         return await _REVERSE.fetch(conn, params)
 
 
-async def mark_delivered(conn: asyncpg.Connection, session_id: str) -> None:
-    await _DELIVERED.execute(conn, {"session_id": session_id})
+async def mark_delivered(conn: asyncpg.Connection, session_ids: list[str]) -> None:
+    await _DELIVERED.execute(conn, {"session_ids": session_ids})
 
 
 async def postpone(conn: asyncpg.Connection, session_id: str, attempt: int, error: str, delay: float) -> None:

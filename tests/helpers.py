@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import asyncpg
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from google.rpc import error_details_pb2
@@ -204,6 +205,22 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def wait_for_delivery_mark(db: asyncpg.Pool, session_id: str, within: float = 5) -> None:
+    """Waits until `session_id` has no outbox row still undelivered: a delivery is marked just after
+    the call that made it (reputation_service.marks), so rows compared before and after a call are
+    read once the mark is in."""
+
+    async def marked() -> bool:
+        pending = await db.fetchval(
+            "SELECT count(*) FROM reputation.outbox "
+            "WHERE session_id = $1 AND deliver_time IS NULL AND dead_time IS NULL",
+            session_id,
+        )
+        return pending == 0
+
+    await wait_for(marked, within=within, what=f"the delivery mark of {session_id}")
 
 
 async def run_program(

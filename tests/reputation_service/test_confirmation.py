@@ -19,6 +19,7 @@ from tests.helpers import (
     new_id,
     paired,
     service_metadata,
+    wait_for_delivery_mark,
 )
 
 DOMAIN = "interview.reputation"
@@ -37,7 +38,8 @@ async def row_counts(db, session_id):
 
 
 async def db_snapshot(db, session_id, users):
-    """Every reputation row the session or its users could have."""
+    """Every reputation row the session or its users could have, once its delivery is marked."""
+    await wait_for_delivery_mark(db, session_id)
     rows = {}
     for table in REPUTATION_TABLES:
         found = await db.fetch(
@@ -138,9 +140,11 @@ async def test_the_second_confirmation_completes_the_session_and_awards_both_onc
     assert [(str(e["user_id"]), e["delta"], e["reason"]) for e in events] == [
         (user, 1, "MUTUAL_CONFIRMATION") for user in sorted([owner, partner])
     ]
+    await wait_for_delivery_mark(db, session_id)
     outbox = await db.fetch("SELECT * FROM reputation.outbox WHERE session_id = $1", session_id)
     assert len(outbox) == 1
-    assert outbox[0]["deliver_time"] is not None
+    # Marked after the reply, and for the inline delivery: a relay's attempt would count a second.
+    assert outbox[0]["deliver_time"] is not None and outbox[0]["attempts"] == 1
     stored = await db.fetchrow("SELECT * FROM reputation.paired_sessions WHERE session_id = $1", session_id)
     assert stored["award_time"] is not None
     assert stored["last_known_status"] == "completed"

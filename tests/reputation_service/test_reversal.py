@@ -32,6 +32,7 @@ from tests.helpers import (
     stamp,
     user_metadata,
     wait_for,
+    wait_for_delivery_mark,
 )
 from tests.servers import running_reputation
 
@@ -66,14 +67,15 @@ async def awarded(sessions, reputation, as_user, owner=None, partner=None):
     session_id, owner, partner = await paired(sessions, as_user, owner, partner)
     await confirm(reputation, as_user(owner), session_id)
     reply = await confirm(reputation, as_user(partner), session_id)
-    # Delivered inline: nothing moves in the rows afterwards (snapshots compare them).
+    # Delivered inline: once its mark is in, nothing moves in the rows (snapshots compare them).
     assert reply.both_confirmed and not reply.completion_pending, reply
     return session_id, owner, partner, reply
 
 
 async def snapshot(db, session_id, users):
-    """Every reputation row the session and its users have: a reversal that wrote nothing leaves it
-    unchanged."""
+    """Every reputation row the session and its users have, once its delivery is marked: a reversal
+    that wrote nothing leaves it unchanged."""
+    await wait_for_delivery_mark(db, session_id)
     found = {}
     for table in ("paired_sessions", "confirmations", "events", "outbox"):
         rows = await db.fetch(f"SELECT * FROM reputation.{table} WHERE session_id = $1", session_id)
