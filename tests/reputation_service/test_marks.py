@@ -12,7 +12,6 @@ from contextlib import asynccontextmanager
 
 import asyncpg
 import grpc
-import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc
 
@@ -21,19 +20,7 @@ from common.db import connection, create_engine
 from reputation_service.marks import DeliveryMarks
 from tests.conftest import reputation_config_for
 from tests.helpers import create, new_id, service_metadata, session_statuses, user_metadata, wait_for
-from tests.servers import Stack, own_database, own_stack, running_reputation
-
-
-@pytest.fixture
-async def database(postgres_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
-    async with own_database(postgres_url, "marks") as made:
-        yield made
-
-
-@pytest.fixture
-async def stack(database: tuple[str, asyncpg.Pool], keys) -> AsyncIterator[Stack]:
-    async with own_stack(*database, keys) as ready:
-        yield ready
+from tests.servers import running_reputation
 
 
 async def awarded_row(db: asyncpg.Pool, session_id: str | None = None, delivered: bool = False) -> str:

@@ -11,7 +11,6 @@ import logging
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import replace
 
@@ -41,21 +40,9 @@ from tests.helpers import (
     wait_for,
 )
 from tests.reputation_service.gate import overlapping, running_gate
-from tests.servers import Stack, own_database, own_stack, running_reputation
+from tests.servers import running_reputation
 
 COMPLETE = "CompletePairedSession"
-
-
-@pytest.fixture
-async def database(postgres_url: str) -> AsyncIterator[tuple[str, asyncpg.Pool]]:
-    async with own_database(postgres_url, "relay") as made:
-        yield made
-
-
-@pytest.fixture
-async def stack(database: tuple[str, asyncpg.Pool], keys) -> AsyncIterator[Stack]:
-    async with own_stack(*database, keys) as ready:
-        yield ready
 
 
 async def outbox(db: asyncpg.Pool, session_ids: list[str]) -> dict[str, asyncpg.Record]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import UTC, datetime, timedelta
 
@@ -38,16 +37,10 @@ from tests.helpers import (
     user_metadata,
     wait_for,
 )
-from tests.servers import Stack, own_database, own_stack, running_reputation
+from tests.servers import running_reputation
 
 DOMAIN = "interview.reputation"
 CLOSED = "PARTNER_DID_NOT_CONFIRM"
-
-
-@pytest.fixture
-async def stack(postgres_url: str, keys) -> AsyncIterator[Stack]:
-    async with own_database(postgres_url, "window") as (url, pool), own_stack(url, pool, keys) as ready:
-        yield ready
 
 
 async def snapshot(db: asyncpg.Pool, session_id: str, users: list[str]) -> dict[str, list[dict]]:
