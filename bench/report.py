@@ -213,8 +213,11 @@ def _tracing(tracing: dict[str, Any]) -> list[str]:
         f"{_counts(spans['off'])} spans with tracing off and {_counts(spans['on'])} with it on; it runs "
         f"on the same cores and used {tracing['receiver_cpu_seconds']:.1f} s of CPU, not in the CPU "
         f"column. Targets: on ÷ off throughput ≥ {TRACING_TARGET}; off costs nothing measurable: its "
-        "throughput ÷ the main table's service figure of this run is within 1 ± the run-to-run noise "
-        "(the larger (max - min) / median of the two cases' runs). "
+        "throughput ÷ the main table's service figure of this run is at least 1 - the run-to-run noise "
+        "(the larger (max - min) / median of the two cases' runs); faster is no cost. Both run the "
+        "same code with nothing instrumented, so this row shows the drift between two measurements; "
+        "what the tracing code costs when off is an A/B against the tree before it "
+        "(bench/results/README.md). "
         f"This section took {tracing['seconds']:.0f} s of the wall time.",
         "",
     ]
@@ -222,7 +225,7 @@ def _tracing(tracing: dict[str, Any]) -> list[str]:
     for scenario, case in tracing["scenarios"].items():
         off, on = case["off"], case["on"]
         figures = [(off[key], on[key]) for key in ("p50_ms", "p99_ms", "cpu_us_per_call")]
-        within = abs(case["off_over_main"] - 1) <= case["noise"]
+        no_slower = case["off_over_main"] >= 1 - case["noise"]
         rows.append(
             [
                 scenario,
@@ -235,13 +238,13 @@ def _tracing(tracing: dict[str, Any]) -> list[str]:
                 _f(case["main_ops_per_s"]),
                 f"**{case['off_over_main']:.2f}**",
                 f"±{case['noise']:.2f}",
-                _met(within),
+                _met(no_slower),
                 str(off["errors"] + on["errors"]),
             ]
         )
     head = ["scenario", "ops/s off", "ops/s on", "on ÷ off", f"≥ {TRACING_TARGET}: met", "p50 ms off"]
     head += ["p50 ms on", "p99 ms off", "p99 ms on", "CPU µs off", "CPU µs on", "CPU µs added"]
-    head += ["main table ops/s", "off ÷ main", "noise", "off within noise", "errors"]
+    head += ["main table ops/s", "off ÷ main", "noise", "off no slower", "errors"]
     return out + _table(head, rows)
 
 
