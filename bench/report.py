@@ -340,7 +340,7 @@ def _scale(scale: dict[str, Any]) -> list[str]:
     rows = []
     for scenario, case in scale["cases"].items():
         a, b = case["small"], case["large"]
-        verdict = "yes" if case["p50_ratio"] <= SCALE_TARGET else "NO"
+        verdict = _met(case["p50_ratio"] <= SCALE_TARGET)
         p50, p99 = f"**{case['p50_ratio']:.2f}**", f"{case['p99_ratio']:.2f}"
         rows.append(
             [scenario, _f(a["p50_ms"]), _f(b["p50_ms"]), p50, _f(a["p99_ms"]), _f(b["p99_ms"]), p99, verdict]

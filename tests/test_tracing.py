@@ -23,12 +23,13 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 
+from bench.otlp_receiver import Receiver
 from common import tracing
 from common.config import ConfigError
 from session_service import api as session_api
@@ -419,21 +420,6 @@ async def test_an_internal_error_is_correlated_by_its_trace_id_in_the_reply_and_
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
 
 
-class Collector(trace_service_pb2_grpc.TraceServiceServicer):
-    """An OTLP/gRPC trace receiver: counts the spans it is sent, by service.name."""
-
-    def __init__(self) -> None:
-        self.spans: Counter[str] = Counter()
-
-    async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
-    ) -> trace_service_pb2.ExportTraceServiceResponse:
-        for batch in request.resource_spans:
-            name = next(a.value.string_value for a in batch.resource.attributes if a.key == "service.name")
-            self.spans[name] += sum(len(scope.spans) for scope in batch.scope_spans)
-        return trace_service_pb2.ExportTraceServiceResponse()
-
-
 async def _one_call_as_a_process(endpoint: str, keys, jwt_settings) -> dict:
     """`python -m session_service` with OTEL_EXPORTER_OTLP_ENDPOINT=`endpoint` answers one call (its
     database is unreachable), then stops on SIGTERM; returns that call's log line."""
@@ -462,7 +448,7 @@ async def _one_call_as_a_process(endpoint: str, keys, jwt_settings) -> dict:
 
 
 async def test_a_service_process_exports_over_otlp_only_when_an_endpoint_is_set(keys, jwt_settings):
-    collector = Collector()
+    collector = Receiver()  # the bench's OTLP receiver: counts spans by service.name
     server = grpc.aio.server()
     trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
     port = server.add_insecure_port("127.0.0.1:0")
