@@ -20,7 +20,7 @@ from bench import plot, report, seed
 from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median, percentile
 from bench.loadgen import LoadPool
 from bench.progress import Progress
-from bench.stack import Stack
+from bench.stack import TRACED_FLOOR, Stack
 from bench.workloads import SCENARIOS, Data
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -191,39 +191,56 @@ def _tracing(
     """The services (one worker each, plaintext) with tracing off, then on: every call sampled and
     its spans exported to the bench's local OTLP receiver, which counts and drops them. Each mode
     runs on freshly restarted services, off and on alternating within each repetition. The "off"
-    figures are set beside the `main` table's service figures of the same run."""
+    figures are set beside the `main` table's service figures of the same run.
+
+    Beside them, the same calls to the fused floor, untraced (off) and a second one traced by the
+    same instrumentation and exporter (on): what OpenTelemetry itself costs for those spans, with
+    no framework around the calls."""
     began = time.monotonic()
     endpoint = stack.start_receiver()
+    stack.start_floor("fused", otlp_endpoint=endpoint)
     concurrency = settings.tracing_concurrency
-    modes = {"off": "", "on": endpoint}
-    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
-        mode: {scenario: [] for scenario in settings.tracing_scenarios} for mode in modes
+    modes = {"off": ("", "fused"), "on": (endpoint, "fused_traced")}
+    runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
+        kind: {mode: {scenario: [] for scenario in settings.tracing_scenarios} for mode in modes}
+        for kind in ("service", "fused")
     }
     spans: dict[str, Counter[str]] = {mode: Counter() for mode in modes}
     named = " and ".join(settings.tracing_scenarios)
     for repetition in range(1, settings.repeat + 1):
-        for mode, otlp_endpoint in modes.items():
+        for mode, (otlp_endpoint, floor) in modes.items():
             exporting = f", exporting to {otlp_endpoint}" * bool(otlp_endpoint)
             progress.step(
                 f"tracing {mode}, run {repetition}/{settings.repeat}: restarting the services (1 worker "
-                f"each{exporting}), then {named} c={concurrency}"
+                f"each{exporting}), then {named} c={concurrency} on them and on the {floor} floor"
             )
             stack.stop_services()
             before = Counter(stack.spans_received())
             stack.start_services(1, otlp_endpoint=otlp_endpoint)
             for scenario in settings.tracing_scenarios:
-                runs[mode][scenario].append(runner.once(scenario, "service", concurrency))
+                runs["service"][mode][scenario].append(runner.once(scenario, "service", concurrency))
+                runs["fused"][mode][scenario].append(runner.once(scenario, floor, concurrency))
             stack.stop_services()  # a traced service exports the spans it still holds as it stops
             spans[mode] += Counter(stack.spans_received()) - before
+    before = Counter(stack.spans_received())
+    stack.stop_floor("fused_traced")
+    # The traced floor exports in batches, whenever it likes: its spans are counted apart.
+    floor_spans = sum(spans[mode].pop(TRACED_FLOOR, 0) for mode in modes)
+    floor_spans += (Counter(stack.spans_received()) - before)[TRACED_FLOOR]
     results: dict[str, Any] = {}
     for scenario in settings.tracing_scenarios:
-        off, on = (median(runs[mode][scenario]) for mode in modes)
+        off, on = (median(runs["service"][mode][scenario]) for mode in modes)
+        floor_off, floor_on = (median(runs["fused"][mode][scenario]) for mode in modes)
         reference = main[scenario][str(concurrency)]["service"]
         results[scenario] = {
             "off": off,
             "on": on,
             "ratio": on["ops_per_s"] / off["ops_per_s"] if off["ops_per_s"] else 0.0,  # on / off
             "cpu_us_added": on["cpu_us_per_call"] - off["cpu_us_per_call"],
+            "floor_off": floor_off,
+            "floor_on": floor_on,
+            "floor_ratio": floor_on["ops_per_s"] / floor_off["ops_per_s"] if floor_off["ops_per_s"] else 0.0,
+            "floor_cpu_us_added": floor_on["cpu_us_per_call"] - floor_off["cpu_us_per_call"],
             "main_ops_per_s": reference["ops_per_s"],
             "off_over_main": off["ops_per_s"] / reference["ops_per_s"] if reference["ops_per_s"] else 0.0,
             # The larger run-to-run spread of the two: "off" within it costs nothing measurable.
@@ -232,12 +249,14 @@ def _tracing(
         _say(
             f"{scenario:18} c={concurrency:<3} tracing off {off['ops_per_s']:9,.0f} ops/s "
             f"(÷ main table {results[scenario]['off_over_main']:.2f}), on {on['ops_per_s']:9,.0f} ops/s "
-            f"(÷ off {results[scenario]['ratio']:.2f})"
+            f"(÷ off {results[scenario]['ratio']:.2f}); fused floor on ÷ off "
+            f"{results[scenario]['floor_ratio']:.2f}"
         )
     return {
         "concurrency": concurrency,
         "endpoint": endpoint,
         "spans": {mode: dict(counts) for mode, counts in spans.items()},  # by service name
+        "floor_spans": floor_spans,
         "receiver_cpu_seconds": stack.receiver_cpu_seconds(),
         "scenarios": results,
         "seconds": time.monotonic() - began,  # the restarts included

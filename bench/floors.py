@@ -5,6 +5,10 @@ python -m bench.floors echo PORT [TLS_PORT]    empty unary handler: bytes in, a 
 python -m bench.floors fused PORT [TLS_PORT]   the same JWT check and SQL as the services, no
                                                framework around them
 
+With the OTEL_* variables that trace a service (common.tracing.wanted), a floor is traced by the
+same instrumentation and exporter as the services: the tracing rows' floor, what OpenTelemetry
+costs for a call's spans with nothing else around them.
+
 With TLS_PORT, the same handlers are served there too over TLS (TLS_CERT_FILE, TLS_KEY_FILE, and
 mutual TLS with TLS_CLIENT_CA_FILE), as the services serve it: one process, so the plaintext and
 the TLS figures differ by the transport alone.
@@ -13,6 +17,7 @@ the TLS figures differ by the transport alone.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import uuid
@@ -26,6 +31,7 @@ from interview.sessions.v1 import sessions_pb2 as pb
 from bench import sqlpaths
 from bench.procs import serve_until_signal
 from bench.workloads import SCENARIOS
+from common import tracing
 from common.app import SERVER_OPTIONS
 from common.auth.verify import LEEWAY_SECONDS
 from common.config import jwt_settings, page_token_secret, positive_int, tls_settings
@@ -161,5 +167,11 @@ async def serve(kind: str, port: int, tls_port: int | None) -> None:
         await sqlpaths.close_pools(pools)
 
 
+def main(argv: list[str]) -> None:
+    traced = tracing.wanted(os.environ)
+    with tracing.installed(tracing.otlp_provider()) if traced else contextlib.nullcontext():
+        asyncio.run(serve(argv[0], int(argv[1]), int(argv[2]) if len(argv) > 2 else None))
+
+
 if __name__ == "__main__":
-    asyncio.run(serve(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None))
+    main(sys.argv[1:])

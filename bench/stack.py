@@ -44,7 +44,17 @@ PACKAGES = {"session": "session_service", "reputation": "reputation_service"}
 READY_SECONDS = 60
 SERVICE_KEY_ID = "bench-reputation"
 # Trust and tracing settings the bench makes itself: none may leak in from the environment it runs in.
+TRACED_FLOOR = "fused_floor"  # the traced fused floor's service.name
 _OWN_PREFIXES = ("JWT_", "TLS_", "SERVICE_SIGNING_KEY", "SERVICE_TOKEN_", "PAGE_TOKEN_", "OTEL_")
+
+
+def _traced(otlp_endpoint: str, service_name: str) -> dict[str, str]:
+    """The OTEL_* variables that trace every call of a process and export its spans over OTLP/gRPC."""
+    return {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
+        "OTEL_TRACES_SAMPLER": "always_on",
+        "OTEL_SERVICE_NAME": service_name,
+    }
 
 
 def _asyncpg_dsn(url: str) -> str:
@@ -178,11 +188,7 @@ class Stack:
             if limit and name == "session":
                 env["MAX_CONCURRENT_RPCS"] = str(limit)
             if otlp_endpoint:
-                env.update(
-                    OTEL_EXPORTER_OTLP_ENDPOINT=otlp_endpoint,
-                    OTEL_TRACES_SAMPLER="always_on",
-                    OTEL_SERVICE_NAME=package,
-                )
+                env.update(_traced(otlp_endpoint, package))
             process = self._spawn(["-m", package], log, env, subprocess.DEVNULL)
             self.services[name] = process
             self._wait_serving(name, process, log, workers)
@@ -290,11 +296,22 @@ class Stack:
             raise RuntimeError(f"the {name} server did not start: {log.read_text()[-2000:]}")
         return process
 
-    def start_floor(self, kind: str) -> None:
-        """A floor server listening twice: plaintext, and mutual TLS (same process, same pools)."""
+    def start_floor(self, kind: str, otlp_endpoint: str = "") -> None:
+        """A floor server listening twice: plaintext, and mutual TLS (same process, same pools).
+        With `otlp_endpoint`, a second one, traced as the services are (under TRACED_FLOOR)."""
         port, tls_port = free_port(), free_port()
         args = ["-m", "bench.floors", kind, str(port), str(tls_port)]
-        self.floors[kind] = (self._spawn_ready(kind, args, self.env(tls=True)), port, tls_port)
+        name, env = kind, self.env(tls=True)
+        if otlp_endpoint:
+            name = f"{kind}_traced"
+            env.update(_traced(otlp_endpoint, TRACED_FLOOR))
+        self.floors[name] = (self._spawn_ready(name, args, env), port, tls_port)
+
+    def stop_floor(self, name: str) -> None:
+        """Stops one floor (a traced one exports the spans it still holds as it stops)."""
+        process, *_ = self.floors.pop(name)
+        self._record_peaks(f"{name} floor", [process.pid])
+        terminate(process)
 
     def start_receiver(self) -> str:
         """The local OTLP receiver (bench.otlp_receiver); returns its endpoint for start_services."""
@@ -317,10 +334,8 @@ class Stack:
 
     def close(self) -> None:
         self.stop_services()
-        for kind, (process, *_) in self.floors.items():
-            self._record_peaks(f"{kind} floor", [process.pid])
-            terminate(process)
-        self.floors = {}
+        for name in list(self.floors):
+            self.stop_floor(name)
         if self.receiver is not None:
             terminate(self.receiver[0])
             self.receiver = None

@@ -98,10 +98,11 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
     assert "## TLS: the hot RPCs over mutual TLS" in markdown
     # Tracing off and on (100% sampled, exported to the bench's OTLP receiver), the same scenarios on
     # restarted services; "off" set beside the main table's service figures at that concurrency.
+    # Beside them, the fused floor untraced and traced: OpenTelemetry's own cost for those calls.
     tracing = report["tracing"]
     assert set(tracing["scenarios"]) == {"GetSession", "ConfirmCompletion"}
     for scenario, case in tracing["scenarios"].items():
-        for mode in ("off", "on"):
+        for mode in ("off", "on", "floor_off", "floor_on"):
             figures = case[mode]
             where = ("tracing", scenario, mode)
             assert figures["errors"] == 0, (where, figures.get("error"))
@@ -110,10 +111,12 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
         main = report["scenarios"][scenario][str(tracing["concurrency"])]["service"]
         assert case["main_ops_per_s"] == main["ops_per_s"], scenario
         assert case["ratio"] > 0 and case["off_over_main"] > 0 and case["noise"] >= 0, (scenario, case)
+        assert case["floor_ratio"] > 0, (scenario, case)
     # The spans really left the services: none with tracing off, both services' with it on.
     assert tracing["spans"]["off"] == {}
     assert set(tracing["spans"]["on"]) == {"session_service", "reputation_service"}, tracing["spans"]
     assert all(count > 0 for count in tracing["spans"]["on"].values()), tracing["spans"]
+    assert tracing["floor_spans"] > 0
     assert "## Tracing: off vs on" in markdown
     # Overload: the session service at MAX_CONCURRENT_RPCS = M, measured at concurrency M and 4 x M;
     # refused calls (RESOURCE_EXHAUSTED OVERLOADED) counted and timed apart, never errors.
