@@ -198,9 +198,9 @@ def _tracing(
     no framework around the calls."""
     began = time.monotonic()
     endpoint = stack.start_receiver()
-    stack.start_floor("fused", otlp_endpoint=endpoint)
+    traced_floor = stack.start_floor("fused", otlp_endpoint=endpoint)
     concurrency = settings.tracing_concurrency
-    modes = {"off": ("", "fused"), "on": (endpoint, "fused_traced")}
+    modes = {"off": ("", "fused"), "on": (endpoint, traced_floor)}
     runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
         kind: {mode: {scenario: [] for scenario in settings.tracing_scenarios} for mode in modes}
         for kind in ("service", "fused")
@@ -223,7 +223,7 @@ def _tracing(
             stack.stop_services()  # a traced service exports the spans it still holds as it stops
             spans[mode] += Counter(stack.spans_received()) - before
     before = Counter(stack.spans_received())
-    stack.stop_floor("fused_traced")
+    stack.stop_floor(traced_floor)
     # The traced floor exports in batches, whenever it likes: its spans are counted apart.
     floor_spans = sum(spans[mode].pop(TRACED_FLOOR, 0) for mode in modes)
     floor_spans += (Counter(stack.spans_received()) - before)[TRACED_FLOOR]

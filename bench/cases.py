@@ -170,7 +170,7 @@ class Runner:
             return f"127.0.0.1:{self.stack.ports[service]}", pids
         if kind == "db":
             return "", [self.pool.db_pid]
-        floor = "echo" if kind == "rpc" else kind  # "fused", or "fused_traced" (the tracing rows)
+        floor = "echo" if kind == "rpc" else kind  # "fused", or the traced one the tracing rows start
         process, port, tls_port = self.stack.floors[floor]
         return f"127.0.0.1:{tls_port if tls else port}", [process.pid]
 

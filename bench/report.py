@@ -217,11 +217,10 @@ def _tracing(tracing: dict[str, Any]) -> list[str]:
         "exporter, measured in the same repetitions: what OpenTelemetry itself costs for those "
         f"calls' spans ({tracing['floor_spans']:,} exported). Targets: on ÷ off throughput ≥ "
         f"{TRACING_TARGET} (a floor below it says the libraries alone cost more); off costs nothing "
-        "measurable: its "
-        "throughput ÷ the main table's service figure of this run is at least 1 - the run-to-run noise "
-        "(the larger (max - min) / median of the two cases' runs); faster is no cost. Both run the "
-        "same code with nothing instrumented, so this row shows the drift between two measurements; "
-        "what the tracing code costs when off is an A/B against the tree before it "
+        "measurable: its throughput ÷ the main table's service figure of this run is at least 1 - the "
+        "run-to-run noise (the larger (max - min) / median of the two cases' runs); faster is no cost. "
+        "Both run the same code with nothing instrumented, so this row shows the drift between two "
+        "measurements; what the tracing code costs when off is an A/B against the tree before it "
         "(bench/results/README.md). "
         f"This section took {tracing['seconds']:.0f} s of the wall time.",
         "",

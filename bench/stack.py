@@ -296,9 +296,10 @@ class Stack:
             raise RuntimeError(f"the {name} server did not start: {log.read_text()[-2000:]}")
         return process
 
-    def start_floor(self, kind: str, otlp_endpoint: str = "") -> None:
+    def start_floor(self, kind: str, otlp_endpoint: str = "") -> str:
         """A floor server listening twice: plaintext, and mutual TLS (same process, same pools).
-        With `otlp_endpoint`, a second one, traced as the services are (under TRACED_FLOOR)."""
+        With `otlp_endpoint`, a second one, traced as the services are (under TRACED_FLOOR).
+        Returns its name in `floors`, which is also the Runner kind that calls it."""
         port, tls_port = free_port(), free_port()
         args = ["-m", "bench.floors", kind, str(port), str(tls_port)]
         name, env = kind, self.env(tls=True)
@@ -306,6 +307,7 @@ class Stack:
             name = f"{kind}_traced"
             env.update(_traced(otlp_endpoint, TRACED_FLOOR))
         self.floors[name] = (self._spawn_ready(name, args, env), port, tls_port)
+        return name
 
     def stop_floor(self, name: str) -> None:
         """Stops one floor (a traced one exports the spans it still holds as it stops)."""
