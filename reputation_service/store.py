@@ -39,25 +39,9 @@ _REVERSALS = Query(
     f"WHERE session_id = :session_id AND reason = '{domain.REVERSAL}' ORDER BY user_id"
 )
 _REVERSE = Query("SELECT * FROM reputation.reverse_awards(:session_id, :note)")
-# Many rows at once (marks.DeliveryMarks), locked in session_id order: two replicas marking rows
-# that both delivered (one after the other's lease ran out) cannot deadlock.
-_DELIVERED = Query(
-    """
-    WITH due AS (
-        SELECT session_id FROM reputation.outbox
-         WHERE session_id = ANY (:session_ids) AND deliver_time IS NULL
-         ORDER BY session_id
-           FOR UPDATE
-    ), done AS (
-        UPDATE reputation.outbox o SET deliver_time = now(), last_error = NULL
-          FROM due
-         WHERE o.session_id = due.session_id
-        RETURNING o.session_id
-    )
-    UPDATE reputation.paired_sessions SET last_known_status = 'completed'
-     WHERE session_id IN (SELECT session_id FROM done)
-    """
-)
+# Many rows at once (marks.DeliveryMarks), in one transaction that does not wait for the WAL
+# flush: a mark lost in a crash only costs the relay one more delivery (migration 0007).
+_DELIVERED = Query("SELECT reputation.mark_delivered(:session_ids)")
 # Every write about one attempt names the attempt (`attempts` as its claim left it): a claimer
 # whose lease ran out while it waited on the session service cannot overwrite what the next
 # claimer decided. Delivery needs no such guard: a completion is a completion, whoever saw it.
@@ -323,6 +307,8 @@ async def reverse(
 
 
 async def mark_delivered(conn: asyncpg.Connection, session_ids: list[str]) -> None:
+    """Marks the rows delivered in the transaction this statement runs in, which commits without
+    waiting for the WAL flush: run it alone, never inside another write's transaction."""
     await _DELIVERED.execute(conn, {"session_ids": session_ids})
 
 

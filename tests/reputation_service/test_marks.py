@@ -17,6 +17,7 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.config import DEFAULT_LIMITS
 from common.db import connection, create_engine
+from reputation_service import store
 from reputation_service.marks import DeliveryMarks
 from tests.conftest import reputation_config_for
 from tests.helpers import create, new_id, service_metadata, session_statuses, user_metadata, wait_for
@@ -77,6 +78,20 @@ async def test_marks_gathered_while_none_is_written_go_in_one_statement(database
     assert {after[s]["last_known_status"] for s in fresh} == {"completed"}
     assert {after[s]["attempts"] for s in fresh} == {1}
     assert after[earlier]["deliver_time"] == before["deliver_time"], "a mark is written once"
+
+
+async def test_a_mark_commits_without_waiting_for_the_flush_and_leaves_the_connection_as_it_was(database):
+    _, db = database
+    session_id = await awarded_row(db)
+    async with db.acquire() as conn:
+        durable = await conn.fetchval("SHOW synchronous_commit")
+        async with conn.transaction():
+            await store.mark_delivered(conn, [session_id])
+            assert await conn.fetchval("SHOW synchronous_commit") == "off"
+        assert durable != "off"
+        assert await conn.fetchval("SHOW synchronous_commit") == durable, "the next transaction is durable"
+    marked = (await rows(db, [session_id]))[session_id]
+    assert marked["deliver_time"] is not None and marked["last_known_status"] == "completed"
 
 
 async def test_marks_that_arrive_while_one_statement_runs_all_go_in_the_next(database):

@@ -38,6 +38,7 @@ async def test_each_revision_downgrades_to_the_one_before_and_back(postgres_url)
         head = await shape(pool)
         assert head[2] and "leaderboard" in head[1]
         assert any(f.startswith("confirm(") and "p_traceparent" in f for f in head[0]), head[0]
+        assert "mark_delivered(session_ids uuid[])" in head[0], head[0]
 
         await asyncio.to_thread(command.downgrade, config, "0005")
         functions, tables, traced = await shape(pool)
