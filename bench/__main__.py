@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import plot, report, seed
-from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median, percentile
+from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median, percentile, ratio
 from bench.loadgen import LoadPool
 from bench.progress import Progress
 from bench.stack import TRACED_FLOOR, Stack
@@ -115,8 +115,11 @@ def _scenarios(runner: Runner, settings: Settings, progress: Progress) -> dict[s
             kinds = {kind: median(kind_runs) for kind, kind_runs in runs.items()}
             results.setdefault(scenario, {})[str(concurrency)] = kinds
             service, fused = kinds["service"], kinds["fused"]
-            ratio = service["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
-            _say(f"{scenario:18} c={concurrency:<3} {service['ops_per_s']:9,.0f} ops/s  ÷ fused {ratio:.2f}")
+            over_fused = ratio(service, fused)
+            _say(
+                f"{scenario:18} c={concurrency:<3} {service['ops_per_s']:9,.0f} ops/s"
+                f"  ÷ fused {over_fused:.2f}"
+            )
     return results
 
 
@@ -136,7 +139,7 @@ def _workers(runner: Runner, stack: Stack, settings: Settings, progress: Progres
             results[scenario][str(workers)] = case
             _say(f"{scenario:18} {workers} worker(s) {case['ops_per_s']:9,.0f} ops/s")
     for case in results.values():
-        case["speedup"] = case["2"]["ops_per_s"] / case["1"]["ops_per_s"] if case["1"]["ops_per_s"] else 0.0
+        case["speedup"] = ratio(case["2"], case["1"])
     return results
 
 
@@ -158,17 +161,17 @@ def _tls(runner: Runner, stack: Stack, settings: Settings, progress: Progress) -
                 runs[name].append(runner.once(scenario, kind, concurrency, tls=tls))
         kinds = {name: median(name_runs) for name, name_runs in runs.items()}
         service, fused, plaintext = kinds["service"], kinds["fused"], kinds["fused_plaintext"]
-        ratio = service["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
-        floor_ratio = fused["ops_per_s"] / plaintext["ops_per_s"] if plaintext["ops_per_s"] else 0.0
+        over_fused = ratio(service, fused)
+        floor_ratio = ratio(fused, plaintext)
         results[scenario] = {
             "kinds": kinds,
-            "ratio": ratio,  # service over TLS / fused floor over TLS
+            "ratio": over_fused,  # service over TLS / fused floor over TLS
             "floor_tls_over_plaintext": floor_ratio,  # fused floor: TLS / plaintext throughput
             "floor_tls_cpu_us_per_call": fused["cpu_us_per_call"] - plaintext["cpu_us_per_call"],
         }
         _say(
             f"{scenario:18} c={concurrency:<3} TLS {service['ops_per_s']:9,.0f} ops/s  ÷ fused TLS "
-            f"{ratio:.2f}  fused TLS ÷ plaintext {floor_ratio:.2f}"
+            f"{over_fused:.2f}  fused TLS ÷ plaintext {floor_ratio:.2f}"
         )
     return {
         "concurrency": concurrency,
@@ -235,14 +238,14 @@ def _tracing(
         results[scenario] = {
             "off": off,
             "on": on,
-            "ratio": on["ops_per_s"] / off["ops_per_s"] if off["ops_per_s"] else 0.0,  # on / off
+            "ratio": ratio(on, off),  # on / off
             "cpu_us_added": on["cpu_us_per_call"] - off["cpu_us_per_call"],
             "floor_off": floor_off,
             "floor_on": floor_on,
-            "floor_ratio": floor_on["ops_per_s"] / floor_off["ops_per_s"] if floor_off["ops_per_s"] else 0.0,
+            "floor_ratio": ratio(floor_on, floor_off),
             "floor_cpu_us_added": floor_on["cpu_us_per_call"] - floor_off["cpu_us_per_call"],
             "main_ops_per_s": reference["ops_per_s"],
-            "off_over_main": off["ops_per_s"] / reference["ops_per_s"] if reference["ops_per_s"] else 0.0,
+            "off_over_main": ratio(off, reference),
             # The larger run-to-run spread of the two: "off" within it costs nothing measurable.
             "noise": max(_spread(reference["runs"]), _spread(off["runs"])),
         }
@@ -313,7 +316,7 @@ def _overload(runner: Runner, stack: Stack, settings: Settings, progress: Progre
             "p99": "p99_ms",
             "rss": "rss_peak_mib",
         }.items():
-            case[f"{name}_ratio"] = over[figure] / at[figure] if at[figure] else 0.0
+            case[f"{name}_ratio"] = ratio(over, at, figure)
         results[scenario] = case
         _say(
             f"{scenario:18} c={levels['overload']:<3} limit {limit}: {over['ops_per_s']:7,.0f} ops/s "

@@ -40,6 +40,11 @@ class Timing:
     lead: float  # between handing out a run and its start: time to connect channels or pools
 
 
+def ratio(top: dict[str, Any], bottom: dict[str, Any], key: str = "ops_per_s") -> float:
+    """`top`'s figure ÷ `bottom`'s (calls/s unless `key` names another); 0 when `bottom`'s is 0."""
+    return top[key] / bottom[key] if bottom[key] else 0.0
+
+
 def percentile(ordered: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))] if ordered else 0.0
 

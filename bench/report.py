@@ -12,7 +12,7 @@ from typing import Any
 
 import asyncpg
 
-from bench.cases import KINDS
+from bench.cases import KINDS, ratio
 
 PACKAGES = ("grpcio", "protobuf", "SQLAlchemy", "asyncpg", "PyJWT")
 SCALE_TARGET = 1.3
@@ -95,8 +95,8 @@ def markdown(report: dict[str, Any]) -> str:
     for scenario, by_concurrency in report["scenarios"].items():
         for concurrency, kinds in by_concurrency.items():
             svc, fused = kinds["service"], kinds["fused"]
-            ratio = svc["ops_per_s"] / fused["ops_per_s"] if fused["ops_per_s"] else 0.0
-            latency = svc["p50_ms"] / fused["p50_ms"] if fused["p50_ms"] else 0.0
+            over_fused = ratio(svc, fused)
+            latency = ratio(svc, fused, "p50_ms")
             figures = [svc["ops_per_s"], svc["p50_ms"], svc["p95_ms"], svc["p99_ms"]]
             floors = [kinds[kind]["ops_per_s"] for kind in ("fused", "db", "rpc")]
             errors = str(sum(kind["errors"] for kind in kinds.values()))
@@ -105,7 +105,7 @@ def markdown(report: dict[str, Any]) -> str:
                     scenario,
                     concurrency,
                     *map(_f, figures),
-                    f"**{ratio:.2f}**",
+                    f"**{over_fused:.2f}**",
                     f"{latency:.2f}",
                     *map(_f, floors),
                     errors,
@@ -169,7 +169,7 @@ def _tls(tls: dict[str, Any]) -> list[str]:
         kinds = case["kinds"]
         svc, fused, plain = kinds["service"], kinds["fused"], kinds["fused_plaintext"]
         target = READ_TARGET if scenario in READS else WRITE_TARGET
-        latency = svc["p50_ms"] / fused["p50_ms"] if fused["p50_ms"] else 0.0
+        latency = ratio(svc, fused, "p50_ms")
         figures = [svc["ops_per_s"], svc["p50_ms"], svc["p95_ms"], svc["p99_ms"]]
         floors = [fused["ops_per_s"], plain["ops_per_s"]]
         rows.append(
