@@ -85,10 +85,10 @@ async def test_a_mark_commits_without_waiting_for_the_flush_and_leaves_the_conne
     session_id = await awarded_row(db)
     async with db.acquire() as conn:
         durable = await conn.fetchval("SHOW synchronous_commit")
+        assert durable != "off"
         async with conn.transaction():
             await store.mark_delivered(conn, [session_id])
             assert await conn.fetchval("SHOW synchronous_commit") == "off"
-        assert durable != "off"
         assert await conn.fetchval("SHOW synchronous_commit") == durable, "the next transaction is durable"
     marked = (await rows(db, [session_id]))[session_id]
     assert marked["deliver_time"] is not None and marked["last_known_status"] == "completed"
