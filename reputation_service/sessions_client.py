@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import grpc
@@ -107,11 +108,32 @@ class SessionsClient:
             SERVICE_NAME, load_private_key(Path(signing.key_file).read_bytes()), signing.key_id
         )
         self.timeout = timeout
+        self._lookups: dict[str, asyncio.Task[SessionFacts]] = {}
 
     def _metadata(self) -> tuple[tuple[str, str]]:
         return (("authorization", f"Bearer {self._signer.token([INTERNAL_ROLE])}"),)
 
     async def lookup(self, session_id: str, budget: float | None = None) -> SessionFacts:
+        """The session as the session service has it now. Lookups of one session that overlap in
+        this process share one call, made with the first one's budget: partners who confirm at
+        the same instant ask once, and a caller repeating calls about a session we hold no rows
+        for cannot multiply the calls the session service gets. A waiter that goes away (its
+        caller's deadline) leaves the shared call to the others."""
+        task = self._lookups.get(session_id)
+        if task is None or task.done():
+            task = asyncio.create_task(self._lookup(session_id, budget))
+            self._lookups[session_id] = task
+
+            def forget(done: asyncio.Task[SessionFacts]) -> None:
+                if self._lookups.get(session_id) is done:
+                    del self._lookups[session_id]
+                if not done.cancelled():
+                    done.exception()  # retrieved: every waiter may have gone before it failed
+
+            task.add_done_callback(forget)
+        return await asyncio.shield(task)
+
+    async def _lookup(self, session_id: str, budget: float | None) -> SessionFacts:
         try:
             session = await self._stub.LookupSession(
                 pb.LookupSessionRequest(session_id=session_id),

@@ -1,6 +1,6 @@
 """A stand-in for the session service, placed between the reputation service and the real one:
 it sees every internal call (how many, with how much deadline left, when each began and ended)
-and forwards it, or holds it until the caller's deadline ends it (a black hole)."""
+and forwards it, or holds it until the test lets it go or the caller's deadline ends it."""
 
 from __future__ import annotations
 
@@ -20,9 +20,10 @@ class Gate(sessions_pb2_grpc.SessionInternalServiceServicer):
     def __init__(self, target: str) -> None:
         self._channel = grpc.aio.insecure_channel(target)
         self._stub = sessions_pb2_grpc.SessionInternalServiceStub(self._channel)
-        # Methods whose calls are held, never answered: the caller's deadline (or its going
-        # away) is what ends them.
+        # Methods whose calls are held until `opened` is set (then forwarded): until then the
+        # caller's deadline (or its going away) is what ends them.
         self.holding: set[str] = set()
+        self.opened = asyncio.Event()
         # Sent instead of the caller's authorization when set (a token the real service refuses).
         self.authorization: Sequence[tuple[str, str]] | None = None
         self.port = 0
@@ -46,7 +47,7 @@ class Gate(sessions_pb2_grpc.SessionInternalServiceServicer):
         self.budgets[method].append(context.time_remaining())
         try:
             if method in self.holding:
-                await asyncio.Event().wait()  # cancelled when the caller's deadline passes
+                await self.opened.wait()  # or cancelled when the caller's deadline passes
             metadata = self.authorization or [
                 (k, v) for k, v in context.invocation_metadata() or () if k == "authorization"
             ]
