@@ -16,8 +16,8 @@ from typing import Any
 from common import tracing
 from common.app import AppServer, ListenError
 from common.config import ConfigError, database_url
-from common.db import migrate
 from common.logs import configure_logging
+from common.migrations import migrate
 
 log = logging.getLogger("rpc")
 # A service's own command: its arguments and the environment in, the exit status out. It reads

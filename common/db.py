@@ -1,4 +1,4 @@
-"""Database plumbing: engines, the embedded PostgreSQL, Alembic runs, and outage detection."""
+"""Database plumbing: engines, the embedded PostgreSQL, and outage detection."""
 
 from __future__ import annotations
 
@@ -13,13 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, make_url, text
+from sqlalchemy import event, make_url
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
-from sqlalchemy.pool import NullPool
 
 from common.config import Limits
 from common.errors import DatabaseUnavailable
@@ -194,44 +190,6 @@ async def ping(engine: AsyncEngine) -> bool:
     except Exception:
         log.exception("database health check failed")
         return False
-
-
-def _alembic_config(url: str, package: str) -> Config:
-    config = Config()
-    config.set_main_option("script_location", f"{package}:migrations")
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return config
-
-
-async def migrate(url: str, package: str) -> None:
-    """Upgrades `package`'s schema to head (Alembic runs its own event loop, so in a thread)."""
-    await asyncio.to_thread(command.upgrade, _alembic_config(url, package), "head")
-
-
-def run_alembic_env(schema: str) -> None:
-    """The body of each service's migrations/env.py: one schema, its version table inside it."""
-    from alembic import context
-
-    url = context.config.get_main_option("sqlalchemy.url")
-    assert url is not None
-
-    def run(connection: Connection) -> None:
-        context.configure(connection=connection, version_table_schema=schema)
-        with context.begin_transaction():
-            # Replicas starting together must not run the same migration twice.
-            connection.execute(text("SELECT pg_advisory_xact_lock(hashtext(:k))"), {"k": schema})
-            connection.execute(text(f'CREATE SCHEMA IF NOT EXISTS "{schema}"'))
-            context.run_migrations()
-
-    async def main() -> None:
-        engine = create_async_engine(url, poolclass=NullPool)
-        try:
-            async with engine.connect() as connection:
-                await connection.run_sync(run)
-        finally:
-            await engine.dispose()
-
-    asyncio.run(main())
 
 
 def start_embedded(data_dir: Path) -> str:

@@ -1,15 +1,19 @@
-"""Confirmation rules with no I/O: who may confirm, when the confirmation window closes, what a
-repeat returns, how retries back off.
+"""The reputation rules, with no I/O: what a confirmation does (who may confirm, the window's
+close, what a repeat records), who gets a point or which cap withholds it, the UTC award day, the
+leaderboard periods, what a refused or closed session answers, how deliveries back off.
 
-Who gets a point or which cap withholds it, the award's UTC day and whether a window passed are
-decided in the award statement itself, under the counters' locks, by the pure SQL functions of
-migration 0004 (`reputation.award_reason`, `award_day`, `window_passed`), tested with plain values
-like these."""
+ConfirmCompletion decides in one statement, under the session's and the counters' locks
+(`reputation_service/sql/confirm.sql`), so the rules it applies there have SQL twins, one file
+each in `reputation_service/sql/`: `confirmation_step`, `award_reason`, `award_day`,
+`window_passed` and `period_start`. tests/reputation_service/test_rule_parity.py feeds the same
+table of cases to each function here and to its twin."""
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from enum import StrEnum
 
 from common.errors import FailedPrecondition, ServiceError, SessionNotFound
 
@@ -59,6 +63,67 @@ class Caps:
 
     pair_daily: int = 3
     user_daily: int = 20
+
+
+AWARD = "MUTUAL_CONFIRMATION"
+CAPPED_PAIR = "CAPPED_PAIR_DAILY_LIMIT"
+CAPPED_USER = "CAPPED_USER_DAILY_LIMIT"
+
+
+def award_reason(caps: Caps, pair_sessions: int, user_points: int) -> str:
+    """The ledger reason of one participant's outcome: the point (MUTUAL_CONFIRMATION), or the cap
+    that withholds it. The pair's cap comes first (it names the farming), then the user's daily
+    points; a limit of 0 is no limit. `pair_sessions` and `user_points` are the day's counts so
+    far, before this session."""
+    if caps.pair_daily > 0 and pair_sessions >= caps.pair_daily:
+        return CAPPED_PAIR
+    if caps.user_daily > 0 and user_points >= caps.user_daily:
+        return CAPPED_USER
+    return AWARD
+
+
+def award_day(at: datetime) -> date:
+    """The UTC day an award made at `at` counts toward (for the caps)."""
+    return at.astimezone(UTC).date()
+
+
+def window_passed(first_confirm_time: datetime | None, window: timedelta, at: datetime) -> bool:
+    """Whether a half-confirmed session's window had passed at `at`: from first + window on; never
+    without a first confirmation."""
+    return first_confirm_time is not None and first_confirm_time <= at - window
+
+
+class Step(StrEnum):
+    """What one participant's confirmation does, decided under the session row's lock."""
+
+    REFUSE = "refuse"  # not a participant: nothing is written (the caller is told SESSION_NOT_FOUND)
+    CLOSE = "close"  # the window passed with nobody closing it yet: closed now, as the sweeper would
+    CLOSED = "closed"  # closed earlier: nothing is written
+    RECORD = "record"  # the confirmation is recorded (a repeat records nothing new)
+    DECIDE = "decide"  # recorded, and it completes the pair: the awards are decided now
+
+
+def confirmation_step(
+    session: SessionFacts,
+    confirmed: Collection[str],
+    caller: str,
+    decided: bool,
+    closed: bool,
+    first_confirm_time: datetime | None,
+    window: timedelta,
+    now: datetime,
+) -> Step:
+    """What `caller`'s confirmation of `session` does, given who `confirmed` it before, whether
+    its awards were `decided` or its window `closed`, and when it was first confirmed."""
+    if not session.has_participant(caller):
+        return Step.REFUSE
+    if closed:
+        return Step.CLOSED
+    if not decided and window_passed(first_confirm_time, window, now):
+        return Step.CLOSE
+    if not decided and {session.user_id, session.partner_user_id} <= {*confirmed, caller}:
+        return Step.DECIDE
+    return Step.RECORD
 
 
 def expire_time(first_confirm_time: datetime | None, window: timedelta, decided: bool) -> datetime | None:
@@ -127,6 +192,18 @@ MIN_RATING, MAX_RATING = 1, 5
 MAX_COMMENT = 2000
 # LeaderboardPeriod's periods as the leaderboard table names them.
 WEEK, MONTH, ALL_TIME = "week", "month", "all"
+ALL_TIME_START = date(1970, 1, 1)
+
+
+def period_start(kind: str, at: datetime) -> date:
+    """The first day of the leaderboard period of `kind` that `at` falls in, in UTC: the ISO week's
+    Monday, the month's first day, or 1970-01-01 for all time."""
+    day = award_day(at)
+    if kind == WEEK:
+        return day - timedelta(days=day.weekday())
+    if kind == MONTH:
+        return day.replace(day=1)
+    return ALL_TIME_START
 
 
 class NotConfirmedYet(FailedPrecondition):

@@ -1,4 +1,5 @@
-"""Queries on the `reputation` schema: confirmations, the ledger and scores, and the outbox."""
+"""Queries on the `reputation` schema: confirmations, the ledger and scores, and the outbox. The
+server-side functions some of them call are in sql/, one file each."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ _STATE = Query("SELECT * FROM reputation.confirmation_states WHERE session_id = 
 _LOCK_SESSION = Query(
     "SELECT * FROM reputation.confirmation_states WHERE session_id = :session_id FOR UPDATE"
 )
-# The confirmation, the decision and its writes in one server-side call (migrations 0004, 0006).
+# The confirmation, the decision and its writes in one server-side call (sql/confirm.sql).
 _CONFIRM = Query(
     """
     SELECT (r.state).*, r.queued
@@ -40,7 +41,7 @@ _REVERSALS = Query(
 )
 _REVERSE = Query("SELECT * FROM reputation.reverse_awards(:session_id, :note)")
 # Many rows at once (marks.DeliveryMarks), in one transaction that does not wait for the WAL
-# flush: a mark lost in a crash only costs the relay one more delivery (migration 0007).
+# flush: a mark lost in a crash only costs the relay one more delivery (sql/mark_delivered.sql).
 _DELIVERED = Query("SELECT reputation.mark_delivered(:session_ids)")
 # Every write about one attempt names the attempt (`attempts` as its claim left it): a claimer
 # whose lease ran out while it waited on the session service cannot overwrite what the next
@@ -247,7 +248,7 @@ async def confirm(
     lease: float,
     traceparent: str | None = None,
 ) -> tuple[ConfirmationState | None, bool]:
-    """Records `caller`'s confirmation in one statement (`reputation.confirm`, migration 0004) and
+    """Records `caller`'s confirmation in one statement (`reputation.confirm`, sql/confirm.sql) and
     returns the session's state as of that statement (None for a session we hold no rows for and
     were given no `facts` about), and whether this call queued the completion (and so holds the
     outbox row's lease and should deliver it now). A repeated `request_id` of `caller` is about

@@ -19,7 +19,8 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.app import AppServer
 from common.config import JwtSettings
-from common.db import migrate, start_embedded, stop_embedded
+from common.db import start_embedded, stop_embedded
+from common.migrations import migrate
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
 from session_service import api as session_api

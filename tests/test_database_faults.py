@@ -27,7 +27,7 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.app import AppServer
 from common.config import Limits
-from common.db import migrate
+from common.migrations import migrate
 from reputation_service import api as reputation_api
 from session_service import api as session_api
 from tests.conftest import (

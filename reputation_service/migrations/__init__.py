@@ -1,0 +1,3 @@
+"""Alembic migrations of the reputation service's schema (tables, indexes, data moves)."""
+
+SCHEMA = "reputation"

@@ -1,5 +1,6 @@
 """Alembic environment for the `reputation` schema."""
 
-from common.db import run_alembic_env
+from common.migrations import run_alembic_env
+from reputation_service.migrations import SCHEMA
 
-run_alembic_env(schema="reputation")
+run_alembic_env(SCHEMA)

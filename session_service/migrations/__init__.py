@@ -1,0 +1,3 @@
+"""Alembic migrations of the session service's schema (tables, indexes, data moves)."""
+
+SCHEMA = "sessions"

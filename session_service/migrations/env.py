@@ -1,5 +1,6 @@
 """Alembic environment for the `sessions` schema."""
 
-from common.db import run_alembic_env
+from common.migrations import run_alembic_env
+from session_service.migrations import SCHEMA
 
-run_alembic_env(schema="sessions")
+run_alembic_env(SCHEMA)

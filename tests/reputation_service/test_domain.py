@@ -1,6 +1,7 @@
-"""The reputation rules as plain values, no I/O: the confirmation window, what a closed session
-answers, the moderator's reason, who may confirm, how deliveries back off. (The award's rules are
-SQL functions: test_award_rules.py.)"""
+"""The reputation rules as plain values, no I/O: what a confirmation does, the award and its caps,
+the UTC award day, the window, the leaderboard periods, what a closed session answers, the
+moderator's reason, who may confirm, how deliveries back off. The tables in rule_cases.py are the
+ones test_rule_parity.py feeds to the rules' SQL twins."""
 
 from datetime import UTC, datetime, timedelta
 
@@ -8,6 +9,7 @@ import pytest
 
 from reputation_service import domain
 from reputation_service.domain import Caps, SessionFacts
+from tests.reputation_service import rule_cases
 
 A, B, STRANGER = "user-a", "user-b", "stranger"
 WINDOW = timedelta(days=7)
@@ -18,7 +20,40 @@ def test_the_default_caps_are_three_sessions_per_pair_and_twenty_points_per_user
     assert Caps() == Caps(pair_daily=3, user_daily=20)
 
 
+# --- What a confirmation does, and the award ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("caller", "confirmed", "decided", "closed", "first", "now", "step"), rule_cases.CONFIRMATION_STEPS
+)
+def test_a_confirmation_records_decides_closes_or_is_refused(
+    caller, confirmed, decided, closed, first, now, step
+):
+    session, window = rule_cases.SESSION, rule_cases.WINDOW
+    assert domain.confirmation_step(session, confirmed, caller, decided, closed, first, window, now) is step
+
+
+@pytest.mark.parametrize(("caps", "pair", "points", "reason"), rule_cases.AWARD_REASONS)
+def test_a_participant_gets_the_point_unless_a_cap_withholds_it(caps, pair, points, reason):
+    assert domain.award_reason(caps, pair, points) == reason
+
+
+@pytest.mark.parametrize(("moment", "day"), rule_cases.AWARD_DAYS, ids=str)
+def test_the_award_day_is_the_utc_date(moment, day):
+    assert domain.award_day(moment) == day
+
+
+@pytest.mark.parametrize(("kind", "moment", "start"), rule_cases.PERIOD_STARTS, ids=str)
+def test_a_leaderboard_period_starts_on_the_iso_weeks_monday_the_months_first_or_1970(kind, moment, start):
+    assert domain.period_start(kind, moment) == start
+
+
 # --- The confirmation window ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("first", "window", "now", "passed"), rule_cases.WINDOW_EDGES, ids=str)
+def test_the_window_passes_at_the_first_confirmation_plus_the_window(first, window, now, passed):
+    assert domain.window_passed(first, window, now) is passed
 
 
 def test_expire_time_is_the_first_confirmation_plus_the_window_while_half_confirmed():

@@ -1,8 +1,9 @@
 """Ratings between partners, and leaderboards by ISO week, UTC month and all time.
 
-Every ledger write already goes through `reputation.post_events`; its new body also moves the
-leaderboard rows, so a board row always equals the sum of its period's events (a reversal counts
-in the period of the award it reverses).
+Every ledger write goes through `reputation.post_events` (sql/post_events.sql), which moves the
+leaderboard rows too, so a board row always equals the sum of its period's events (a reversal
+counts in the period of the award it reverses). This revision fills the boards from the ledger so
+far.
 
 Revision ID: 0005
 Revises: 0004
@@ -10,13 +11,10 @@ Revises: 0004
 
 from alembic import op
 
-from reputation_service.migrations import earlier
-
 revision = "0005"
 down_revision = "0004"
 branch_labels = None
 depends_on = None
-REVISION_0004 = "0004_confirm_in_one_call.py"
 
 # One rating per rater and session; the rated user's count and sum sit with their score.
 _RATINGS = """
@@ -64,70 +62,22 @@ _LEADERBOARD_INDEX = (
     "WHERE score > 0"
 )
 
-# The period of kind `kind` that the moment `at` falls in, in UTC.
-_PERIOD_START = """
-CREATE FUNCTION reputation.period_start(kind text, at timestamptz) RETURNS date
-LANGUAGE sql IMMUTABLE STRICT AS $$
-    SELECT CASE kind
-        WHEN 'week' THEN date_trunc('week', at AT TIME ZONE 'UTC')::date
-        WHEN 'month' THEN date_trunc('month', at AT TIME ZONE 'UTC')::date
-        ELSE date '1970-01-01'
-    END
-$$
-"""
-
-# As in 0004, and the leaderboards: each written event with a delta moves its user's rows for
-# the week, month and all time of the moment it counts at (now for an award; for a reversal, the
-# time of the award it reverses).
-_POST_EVENTS = """
-CREATE OR REPLACE FUNCTION reputation.post_events(
-    p_session uuid, p_users uuid[], p_deltas integer[], p_reasons text[], p_note text
-) RETURNS SETOF reputation.events LANGUAGE plpgsql AS $$
-BEGIN
-    RETURN QUERY
-    WITH written AS (
-        INSERT INTO reputation.events (event_id, user_id, session_id, delta, reason, note)
-        SELECT gen_random_uuid(), d.user_id, p_session, d.delta, d.reason, p_note
-          FROM unnest(p_users, p_deltas, p_reasons) AS d(user_id, delta, reason)
-         ORDER BY d.user_id
-        ON CONFLICT (session_id, user_id, reason) DO NOTHING
-        RETURNING *
-    ), scored AS (
-        INSERT INTO reputation.scores AS s (user_id, score, confirmed_sessions, update_time)
-        SELECT w.user_id, w.delta, sign(w.delta), now() FROM written w WHERE w.delta <> 0
-         ORDER BY w.user_id
-        ON CONFLICT (user_id) DO UPDATE
-           SET score = s.score + EXCLUDED.score,
-               confirmed_sessions = s.confirmed_sessions + EXCLUDED.confirmed_sessions,
-               update_time = now()
-    ), counted AS (
-        SELECT w.user_id, w.delta,
-               CASE WHEN w.reason = 'REVERSAL'
-                    THEN (SELECT a.create_time FROM reputation.events a
-                           WHERE a.session_id = w.session_id AND a.user_id = w.user_id
-                             AND a.reason = 'MUTUAL_CONFIRMATION')
-                    ELSE w.create_time END AS at
-          FROM written w WHERE w.delta <> 0
-    ), ranked AS (
-        INSERT INTO reputation.leaderboard AS l (kind, period_start, user_id, score)
-        SELECT k.kind, reputation.period_start(k.kind, c.at), c.user_id, c.delta
-          FROM counted c CROSS JOIN unnest(ARRAY['week', 'month', 'all']) AS k(kind)
-         ORDER BY 1, 2, 3
-        ON CONFLICT (kind, period_start, user_id) DO UPDATE SET score = l.score + EXCLUDED.score
-    )
-    SELECT * FROM written ORDER BY user_id;
-END
-$$
-"""
-# The boards of the ledger so far, as post_events would have written them.
+# The boards of the ledger so far, as post_events would have written them (the periods as
+# sql/period_start.sql computes them).
 _BACKFILL = """
 INSERT INTO reputation.leaderboard (kind, period_start, user_id, score)
-SELECT k.kind, reputation.period_start(k.kind, coalesce(a.create_time, e.create_time)),
+SELECT k.kind,
+       CASE k.kind
+           WHEN 'week' THEN date_trunc('week', m.at AT TIME ZONE 'UTC')::date
+           WHEN 'month' THEN date_trunc('month', m.at AT TIME ZONE 'UTC')::date
+           ELSE date '1970-01-01'
+       END,
        e.user_id, sum(e.delta)
   FROM reputation.events e
   LEFT JOIN reputation.events a
     ON e.reason = 'REVERSAL' AND a.session_id = e.session_id AND a.user_id = e.user_id
    AND a.reason = 'MUTUAL_CONFIRMATION'
+ CROSS JOIN LATERAL (SELECT coalesce(a.create_time, e.create_time) AS at) m
  CROSS JOIN unnest(ARRAY['week', 'month', 'all']) AS k(kind)
  WHERE e.delta <> 0
  GROUP BY 1, 2, 3
@@ -141,18 +91,10 @@ def upgrade() -> None:
     op.execute(_SCORE_RATINGS)
     op.execute(_LEADERBOARD)
     op.execute(_LEADERBOARD_INDEX)
-    op.execute(_PERIOD_START)
-    op.execute(_POST_EVENTS)
     op.execute(_BACKFILL)
 
 
 def downgrade() -> None:
-    op.execute(
-        earlier.statement(REVISION_0004, "_POST_EVENTS").replace(
-            "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1
-        )
-    )
-    op.execute("DROP FUNCTION reputation.period_start(text, timestamptz)")
     op.execute("DROP TABLE reputation.leaderboard")
     op.execute("ALTER TABLE reputation.scores DROP COLUMN rating_count, DROP COLUMN rating_sum")
     op.execute("DROP TABLE reputation.ratings")
