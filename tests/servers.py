@@ -17,7 +17,7 @@ from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.app import AppServer
-from common.db import migrate
+from common.migrations import migrate
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
 from tests.conftest import new_database, sqlalchemy_url, start_session_server, wait_serving
@@ -40,11 +40,13 @@ async def running_reputation(
 
 
 class ServiceProcess:
-    """`python -m <package>` with the given environment; learns its port from the ready log line."""
+    """`python -m <package>` with the given environment (from `cwd`, which `python -m` puts first
+    on sys.path); learns its port from the ready log line."""
 
-    def __init__(self, package: str, env: Mapping[str, str]) -> None:
+    def __init__(self, package: str, env: Mapping[str, str], cwd: str | None = None) -> None:
         self.package = package
         self.env = {**os.environ, **env}
+        self.cwd = cwd
         self.process: asyncio.subprocess.Process | None = None
         self.port = 0
         self.log: list[str] = []
@@ -52,7 +54,7 @@ class ServiceProcess:
 
     async def start(self) -> ServiceProcess:
         self.process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", self.package, env=self.env, stderr=asyncio.subprocess.PIPE
+            sys.executable, "-m", self.package, env=self.env, cwd=self.cwd, stderr=asyncio.subprocess.PIPE
         )
         self._reader = asyncio.create_task(self._read())
 
