@@ -223,6 +223,21 @@ async def wait_for_delivery_mark(db: asyncpg.Pool, session_id: str, within: floa
     await wait_for(marked, within=within, what=f"the delivery mark of {session_id}")
 
 
+async def wait_for_delivery_marks(db: asyncpg.Pool, session_ids: Sequence[str], within: float = 5) -> None:
+    """Waits until every one of `session_ids` has its outbox row marked delivered (marks land just
+    after the calls that delivered them)."""
+
+    async def marked() -> bool:
+        delivered = await db.fetchval(
+            "SELECT count(*) FROM reputation.outbox "
+            "WHERE session_id = ANY($1::uuid[]) AND deliver_time IS NOT NULL",
+            session_ids,
+        )
+        return bool(delivered == len(session_ids))
+
+    await wait_for(marked, within=within, what=f"the delivery marks of {len(session_ids)} sessions")
+
+
 async def run_program(
     *args: str, within: float, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:

@@ -36,6 +36,7 @@ from tests.helpers import (
     session_statuses,
     together,
     wait_for,
+    wait_for_delivery_marks,
     walk,
 )
 from tests.servers import running_reputation
@@ -384,12 +385,7 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
     events = await ledger(db, ids)
     assert Counter(events.values()) == Counter({(AWARD, 1): 100})
     assert await session_statuses(db, ids) == Counter({"completed": 50})
-    delivered = await db.fetchval(
-        "SELECT count(*) FROM reputation.outbox "
-        "WHERE session_id = ANY($1::uuid[]) AND deliver_time IS NOT NULL",
-        ids,
-    )
-    assert delivered == 50
+    await wait_for_delivery_marks(db, ids)
     assert await user_counters(db, users) == dict.fromkeys(users, 1)
     assert await pair_counters(db, users) == {ordered(a, b): 1 for a, b in pairs}
     awarded = {r.session_id for r in replies if r.both_confirmed and r.reputation_awarded}

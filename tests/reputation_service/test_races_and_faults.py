@@ -18,7 +18,16 @@ from interview.sessions.v1 import sessions_pb2_grpc
 from common.client import channel_options
 from reputation_service import api as reputation_api
 from tests.conftest import reputation_config_for, start_session_server, wait_serving
-from tests.helpers import confirm, create, new_id, session_statuses, together, user_metadata, wait_for
+from tests.helpers import (
+    confirm,
+    create,
+    new_id,
+    session_statuses,
+    together,
+    user_metadata,
+    wait_for,
+    wait_for_delivery_marks,
+)
 from tests.servers import ServiceProcess
 
 
@@ -64,14 +73,7 @@ async def test_fifty_sessions_confirmed_by_both_at_once_three_times_each_award_e
         == 100
     )
     assert await session_statuses(db, ids) == Counter({"completed": 50})
-    assert (
-        await db.fetchval(
-            "SELECT count(*) FROM reputation.outbox "
-            "WHERE session_id = ANY($1::uuid[]) AND deliver_time IS NOT NULL",
-            ids,
-        )
-        == 50
-    )
+    await wait_for_delivery_marks(db, ids)
     # Every second confirmation's reply reports the award; at least one per session saw it land.
     awarded = {reply.session_id for reply in replies if reply.reputation_awarded and reply.both_confirmed}
     assert awarded == set(ids)

@@ -36,6 +36,7 @@ from tests.helpers import (
     stamp,
     user_metadata,
     wait_for,
+    wait_for_delivery_marks,
 )
 from tests.servers import running_reputation
 
@@ -475,10 +476,5 @@ async def test_late_confirmations_racing_two_sweepers_at_the_windows_edge_either
     assert sum(events.values()) == len(refused) + 2 * (len(ids) - len(refused))
     assert refused, "no late confirmation was refused: the race was not exercised"
     assert len(refused) < len(ids), "every confirmation was late: the race was not exercised"
-    delivered = await stack.db.fetchval(
-        "SELECT count(*) FROM reputation.outbox "
-        "WHERE session_id = ANY($1::uuid[]) AND deliver_time IS NOT NULL",
-        ids,
-    )
-    assert delivered == len(ids)
+    await wait_for_delivery_marks(stack.db, ids)
     print(f"\nwindow edge: {len(refused)} of {len(ids)} late confirmations refused, the rest awarded")
