@@ -25,6 +25,8 @@ from bench.workloads import SCENARIOS, Data
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SCALE_SCENARIOS = ("GetSession", "ListSessions", "ListMessages")
+# Scenarios judged against another RPC's throughput, measured beside them (see _scenarios).
+YARDSTICKS = {"ConfirmCompletion": "GetSession"}
 # The scale table's ListLeaderboard row: the first page ("small") against the page after this
 # share of the board's users ("large": rank 900,000 of 1,000,000), on the same board, alternating.
 DEEP_RANK = 0.9
@@ -101,25 +103,42 @@ def _steps(settings: Settings) -> int:
     return setup + measured + scale + workers + tls + tracing + overload + finish
 
 
-def _scenarios(runner: Runner, settings: Settings, progress: Progress) -> dict[str, Any]:
+def _scenarios(
+    runner: Runner, settings: Settings, progress: Progress, yardsticks: dict[str, Any]
+) -> dict[str, Any]:
     """Every scenario at every concurrency; the kinds alternate within each repetition so a busy
-    moment on the machine hits all of them alike."""
+    moment on the machine hits all of them alike. A scenario judged against another RPC
+    (YARDSTICKS) has that RPC's service run in each of its repetitions too, into `yardsticks`: the
+    machine's speed drifts over minutes, so only runs made together compare."""
     results: dict[str, Any] = {}
     for scenario in SCENARIOS:
+        yardstick = YARDSTICKS.get(scenario)
         for concurrency in settings.concurrency:
-            progress.step(f"{scenario} c={concurrency}: {', '.join(KINDS)}; {settings.repeat} run(s) each")
+            also = f", and {yardstick} on the service" * bool(yardstick)
+            progress.step(
+                f"{scenario} c={concurrency}: {', '.join(KINDS)}{also}; {settings.repeat} run(s) each"
+            )
             runs: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
+            beside: list[dict[str, Any]] = []
             for _ in range(settings.repeat):
                 for kind in KINDS:
                     runs[kind].append(runner.once(scenario, kind, concurrency))
+                if yardstick:
+                    beside.append(runner.once(yardstick, "service", concurrency))
             kinds = {kind: median(kind_runs) for kind, kind_runs in runs.items()}
             results.setdefault(scenario, {})[str(concurrency)] = kinds
             service, fused = kinds["service"], kinds["fused"]
             over_fused = ratio(service, fused)
-            _say(
-                f"{scenario:18} c={concurrency:<3} {service['ops_per_s']:9,.0f} ops/s"
-                f"  ÷ fused {over_fused:.2f}"
-            )
+            line = f"{scenario:18} c={concurrency:<3} {service['ops_per_s']:9,.0f} ops/s"
+            line += f"  ÷ fused {over_fused:.2f}"
+            if yardstick:
+                against = median(beside)
+                over = ratio(service, against)
+                yardsticks.setdefault(scenario, {"scenario": yardstick, "concurrency": {}})["concurrency"][
+                    str(concurrency)
+                ] = {"yardstick": against, "ratio": over}
+                line += f"  ÷ {yardstick} (same repetitions) {over:.2f}"
+            _say(line)
     return results
 
 
@@ -409,7 +428,8 @@ def run(settings: Settings, out: Path) -> Path:
         timing = Timing(settings.warmup, settings.window, settings.repeat, settings.lead)
         runner = Runner(stack, pool, timing, data)
         small = _reads(runner, settings, progress, settings.small, data)
-        result["scenarios"] = _scenarios(runner, settings, progress)
+        result["yardsticks"] = {}
+        result["scenarios"] = _scenarios(runner, settings, progress, result["yardsticks"])
         result["scale"] = _scale(runner, stack, settings, progress, small)
         result["scale"]["rows"]["small"] = small_rows
         result["scale"]["seed_seconds"]["small"] = small_seconds

@@ -22,6 +22,9 @@ READS = ("GetSession", "ListSessions", "ListMessages")
 # Overload (concurrency 4 x MAX_CONCURRENT_RPCS against at the limit): accepted p99 ratio, refusal
 # latency as the caller sees it, peak RSS ratio.
 OVERLOAD_P99_TARGET, REFUSAL_TARGET_MS, OVERLOAD_RSS_TARGET = 2.0, 10.0, 1.5
+# ConfirmCompletion / GetSession throughput wanted at concurrency 16, and its PostgreSQL CPU per call
+# against the fused floor's.
+YARDSTICK_TARGET, PG_FLOOR_TARGET = 0.3, 1.3
 # Tracing on (every span exported) / off throughput wanted.
 TRACING_TARGET = 0.85
 
@@ -136,6 +139,7 @@ def markdown(report: dict[str, Any]) -> str:
     out += _table([*head, "rpc ops/s", "errors"], rows)
     out += ["## CPU per call (µs)", ""]
     out += _table(["scenario", "conc", *KINDS, "PG (service)", "PG (fused)"], cpu_rows)
+    out += _yardsticks(report)
     out += _tls(report["tls"]) + _tracing(report["tracing"])
     if "overload" in report:
         out += _overload(report["overload"])
@@ -143,6 +147,43 @@ def markdown(report: dict[str, Any]) -> str:
     out += ["## Peak RSS (VmHWM)", ""]
     out += _table(["process", "MiB"], [[name, _f(mib)] for name, mib in report["peak_rss_mib"].items()])
     return "\n".join(out)
+
+
+def _yardsticks(report: dict[str, Any]) -> list[str]:
+    """Each scenario judged against another RPC, beside that RPC's service runs of the same
+    repetitions; and its PostgreSQL CPU per call against the fused floor's doing the same SQL."""
+    out = [
+        "## Against a yardstick measured in the same repetitions",
+        "",
+        "The machine's speed drifts over minutes (the fused floor's own throughput moves with it), so a "
+        "scenario judged against another RPC has that RPC's service run in each of its repetitions. "
+        f"Target at concurrency 16: ≥ {YARDSTICK_TARGET} of the yardstick's throughput; PostgreSQL CPU "
+        f"per call ≤ {PG_FLOOR_TARGET} times the fused floor's, at every concurrency.",
+        "",
+    ]
+    rows = []
+    for scenario, case in report.get("yardsticks", {}).items():
+        for concurrency, pair in case["concurrency"].items():
+            svc, fused = (
+                report["scenarios"][scenario][concurrency]["service"],
+                report["scenarios"][scenario][concurrency]["fused"],
+            )
+            pg = ratio(svc, fused, "pg_cpu_us_per_call")
+            rows.append(
+                [
+                    scenario,
+                    concurrency,
+                    _f(svc["ops_per_s"]),
+                    f"{case['scenario']} {_f(pair['yardstick']['ops_per_s'])}",
+                    f"**{pair['ratio']:.2f}**",
+                    "-" if concurrency != "16" else _met(pair["ratio"] >= YARDSTICK_TARGET),
+                    f"{_f(svc['pg_cpu_us_per_call'])} / {_f(fused['pg_cpu_us_per_call'])}",
+                    f"**{pg:.2f}**",
+                    _met(pg <= PG_FLOOR_TARGET),
+                ]
+            )
+    head = ["scenario", "conc", "ops/s", "yardstick ops/s", "÷ yardstick", "target: met"]
+    return out + _table([*head, "PG µs service / fused", "PG ÷ fused", "target: met"], rows)
 
 
 def _load(values: list[float]) -> str:

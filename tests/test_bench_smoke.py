@@ -71,6 +71,13 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
                 assert figures["errors"] == 0, (where, figures.get("error"))
                 assert not figures["exhausted"], where
                 assert all(figures[name] > 0 for name in FIGURES), (where, figures)
+    # ConfirmCompletion beside GetSession runs of its own repetitions, at every concurrency.
+    yardstick = report["yardsticks"]["ConfirmCompletion"]
+    assert yardstick["scenario"] == "GetSession"
+    assert set(yardstick["concurrency"]) == set(report["scenarios"]["ConfirmCompletion"])
+    for pair in yardstick["concurrency"].values():
+        assert pair["yardstick"]["errors"] == 0 and pair["ratio"] > 0, pair
+    assert "## Against a yardstick measured in the same repetitions" in (tmp_path / "latest.md").read_text()
     assert set(report["scale"]["cases"]) == {"GetSession", "ListSessions", "ListMessages", "ListLeaderboard"}
     for scenario, case in report["scale"]["cases"].items():
         assert case["small"]["p50_ms"] > 0 and case["large"]["p50_ms"] > 0, scenario
