@@ -169,7 +169,7 @@ async def serve(kind: str, port: int, tls_port: int | None) -> None:
 
 def main(argv: list[str]) -> None:
     traced = tracing.wanted(os.environ)
-    with tracing.installed(tracing.otlp_provider()) if traced else contextlib.nullcontext():
+    with tracing.installed(tracing.otlp_provider("bench-floor")) if traced else contextlib.nullcontext():
         asyncio.run(serve(argv[0], int(argv[1]), int(argv[2]) if len(argv) > 2 else None))
 
 

@@ -29,6 +29,8 @@ def service_name(resource: Resource) -> str:
 class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self) -> None:
         self.spans: Counter[str] = Counter()
+        # Every distinct resource that sent spans, as its string attributes.
+        self.resources: list[dict[str, str]] = []
 
     async def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
@@ -36,6 +38,9 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         for resource_spans in request.resource_spans:
             spans = sum(len(scope_spans.spans) for scope_spans in resource_spans.scope_spans)
             self.spans[service_name(resource_spans.resource)] += spans
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            if attributes not in self.resources:
+                self.resources.append(attributes)
         return trace_service_pb2.ExportTraceServiceResponse()
 
 

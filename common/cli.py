@@ -83,8 +83,11 @@ def main(
     def run() -> int:
         # Per process, after the fork: the exporter's channel and batch thread would not survive it.
         # Leaving the block flushes the spans still held, so a stopped worker loses none.
+        # Spans name the service (session-service, reputation-service) unless OTEL_* say otherwise.
+        service_name = package.replace("_", "-")
+        exporting = tracing.installed(tracing.otlp_provider(service_name)) if traced else None
         try:
-            with tracing.installed(tracing.otlp_provider()) if traced else contextlib.nullcontext():
+            with exporting or contextlib.nullcontext():
                 asyncio.run(serve())
         except ListenError as error:
             print(f"{package}: {error}", file=sys.stderr)

@@ -7,13 +7,22 @@ all, so an untraced process pays nothing but a look at the current span where a 
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Mapping
+from importlib import metadata
 
 from opentelemetry import trace
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.instrumentation.asyncpg import AsyncPGInstrumentor
 from opentelemetry.instrumentation.grpc import GrpcAioInstrumentorClient, GrpcAioInstrumentorServer
 from opentelemetry.instrumentation.utils import suppress_instrumentation
+from opentelemetry.sdk.resources import (
+    SERVICE_INSTANCE_ID,
+    SERVICE_NAME,
+    SERVICE_VERSION,
+    OTELResourceDetector,
+    Resource,
+)
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
@@ -23,6 +32,8 @@ from common.config import ConfigError
 # The outbox keeps a confirmation's context as a W3C traceparent, whatever OTEL_PROPAGATORS says.
 _W3C = TraceContextTextMapPropagator()
 _ENDPOINTS = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+# The distribution whose version the spans carry as service.version.
+DISTRIBUTION = "interview-services"
 
 
 def wanted(environ: Mapping[str, str]) -> bool:
@@ -35,10 +46,24 @@ def wanted(environ: Mapping[str, str]) -> bool:
     return exporter == "otlp" or (exporter == "" and any(environ.get(name) for name in _ENDPOINTS))
 
 
-def otlp_provider() -> TracerProvider:
-    """A provider exporting in batches over OTLP/gRPC. The SDK reads the rest from OTEL_*: endpoint,
-    headers and TLS, sampler (OTEL_TRACES_SAMPLER), service name and resource, batch sizes."""
-    provider = TracerProvider()
+def resource(service_name: str) -> Resource:
+    """What this process's spans say they come from: `service_name` (session-service,
+    reputation-service), the package's version and an id of its own (one per process, workers
+    included), unless OTEL_SERVICE_NAME or OTEL_RESOURCE_ATTRIBUTES say otherwise: the operator's
+    settings win."""
+    defaults = {
+        SERVICE_NAME: service_name,
+        SERVICE_VERSION: metadata.version(DISTRIBUTION),
+        SERVICE_INSTANCE_ID: str(uuid.uuid4()),
+    }
+    return Resource.create(defaults).merge(OTELResourceDetector().detect())
+
+
+def otlp_provider(service_name: str) -> TracerProvider:
+    """A provider exporting in batches over OTLP/gRPC, its spans under `resource(service_name)`. The
+    SDK reads the rest from OTEL_*: endpoint, headers and TLS, sampler (OTEL_TRACES_SAMPLER), batch
+    sizes."""
+    provider = TracerProvider(resource=resource(service_name))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 

@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
+from importlib import metadata
 
 import asyncpg
 import grpc
@@ -58,6 +60,7 @@ CONFIRM = "/interview.reputation.v1.ReputationService/ConfirmCompletion"
 LOOKUP = "/interview.sessions.v1.SessionInternalService/LookupSession"
 COMPLETE = "/interview.sessions.v1.SessionInternalService/CompletePairedSession"
 GET_SESSION = "/interview.sessions.v1.SessionService/GetSession"
+GET_REPUTATION = "/interview.reputation.v1.ReputationService/GetReputation"
 DELIVER = "outbox.deliver"
 SESSIONS_DOMAIN, REPUTATION_DOMAIN = "interview.sessions", "interview.reputation"
 
@@ -420,30 +423,42 @@ async def test_an_internal_error_is_correlated_by_its_trace_id_in_the_reply_and_
     assert server.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INTERNAL.value[0]
 
 
-async def _one_call_as_a_process(endpoint: str, keys, jwt_settings) -> dict:
-    """`python -m session_service` with OTEL_EXPORTER_OTLP_ENDPOINT=`endpoint` answers one call (its
-    database is unreachable), then stops on SIGTERM; returns that call's log line."""
+async def _one_call_as_a_process(
+    endpoint: str, keys, jwt_settings, package: str = "session_service", **otel: str
+) -> dict:
+    """`python -m <package>` with OTEL_EXPORTER_OTLP_ENDPOINT=`endpoint` (and the `otel` variables)
+    answers one call (its database is unreachable), then stops on SIGTERM; returns that call's log
+    line."""
+    prefix = "SESSION" if package == "session_service" else "REPUTATION"
     env = {
         **keys.env(),
-        "SESSION_LISTEN": "127.0.0.1:0",
-        "SESSION_METRICS_LISTEN": "127.0.0.1:0",
-        "SESSION_DATABASE_URL": "postgresql://postgres@/postgres?host=/nonexistent-socket-dir",
-        "OTEL_SERVICE_NAME": "session_service",
+        f"{prefix}_LISTEN": "127.0.0.1:0",
+        f"{prefix}_METRICS_LISTEN": "127.0.0.1:0",
+        f"{prefix}_DATABASE_URL": "postgresql://postgres@/postgres?host=/nonexistent-socket-dir",
         "OTEL_EXPORTER_OTLP_ENDPOINT": endpoint,
+        **otel,
     }
-    service = await ServiceProcess("session_service", env).start()
+    service = await ServiceProcess(package, env).start()
+    metadata = user_metadata(jwt_settings, new_id())
     try:
         async with grpc.aio.insecure_channel(service.target) as channel:
-            call = sessions_pb2_grpc.SessionServiceStub(channel).GetSession(
-                pb.GetSessionRequest(session_id=new_id()), metadata=user_metadata(jwt_settings, new_id())
-            )
+            if package == "session_service":
+                method = GET_SESSION
+                call = sessions_pb2_grpc.SessionServiceStub(channel).GetSession(
+                    pb.GetSessionRequest(session_id=new_id()), metadata=metadata
+                )
+            else:
+                method = GET_REPUTATION
+                call = reputation_pb2_grpc.ReputationServiceStub(channel).GetReputation(
+                    rpb.GetReputationRequest(), metadata=metadata
+                )
             await expect_error(call, grpc.StatusCode.UNAVAILABLE, "DATABASE_UNAVAILABLE")
     finally:
         assert service.process is not None
         service.process.send_signal(signal.SIGTERM)
         assert await service.wait() == 0
     events = [json.loads(line) for line in service.log if line.startswith("{")]
-    (line,) = [event for event in events if event.get("method") == GET_SESSION]
+    (line,) = [event for event in events if event.get("method") == method]
     return line
 
 
@@ -461,6 +476,32 @@ async def test_a_service_process_exports_over_otlp_only_when_an_endpoint_is_set(
         traced = await _one_call_as_a_process(f"http://127.0.0.1:{port}", keys, jwt_settings)
         assert len(traced["trace_id"]) == 32
         # Stopping flushed what the batch processor still held.
-        assert collector.spans["session_service"] > 0
+        assert collector.spans["session-service"] > 0
     finally:
         await server.stop(None)
+
+
+async def test_each_service_names_itself_with_its_version_and_an_id_per_process_unless_told_otherwise(
+    keys, jwt_settings
+):
+    collector = Receiver()
+    server = grpc.aio.server()
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(collector, server)
+    endpoint = f"http://127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        for package in ("session_service", "reputation_service", "session_service"):
+            await _one_call_as_a_process(endpoint, keys, jwt_settings, package)
+        await _one_call_as_a_process(endpoint, keys, jwt_settings, OTEL_SERVICE_NAME="sessions-eu")
+        attributes = "service.name=from-attributes,team=interviews"
+        await _one_call_as_a_process(endpoint, keys, jwt_settings, OTEL_RESOURCE_ATTRIBUTES=attributes)
+    finally:
+        await server.stop(None)
+    names = [resource["service.name"] for resource in collector.resources]
+    defaults = ["session-service", "reputation-service", "session-service"]
+    assert names == [*defaults, "sessions-eu", "from-attributes"]
+    version = metadata.version("interview-services")
+    assert {resource["service.version"] for resource in collector.resources} == {version}
+    instances = [resource["service.instance.id"] for resource in collector.resources]
+    assert len(set(instances)) == len(instances) and all(uuid.UUID(instance) for instance in instances)
+    assert collector.resources[-1]["team"] == "interviews"
