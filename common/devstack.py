@@ -154,6 +154,9 @@ def run(tls: bool) -> int:
     try:
         env = _with_defaults(dict(os.environ), tls)
         transport = tls_settings(env)
+        if transport.serving and not transport.ca_file:
+            # The roots the reputation service dials the session service with, and this CLI too.
+            raise ConfigError("TLS_CA_FILE", "is required with TLS_CERT_FILE: the CA that signed it")
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
@@ -187,7 +190,7 @@ def run(tls: bool) -> int:
             )
             processes.append(process)
             target = env[service.listen_variable]
-            if not _wait_serving(target, process, _client_side(transport, _data_dir(env))):
+            if not _wait_serving(target, process, _client_side(transport)):
                 print(f"{service.package} did not become healthy on {target}", file=sys.stderr)
                 return 1
             scheme = "mutual TLS" if transport.client_ca_file else "TLS" if transport.serving else "plaintext"
@@ -206,15 +209,18 @@ def run(tls: bool) -> int:
     return code
 
 
-def _client_side(transport: TlsSettings, data_dir: Path) -> TlsSettings:
-    """How this CLI dials the stack: the stack's CA, and the dev client certificate for mutual TLS."""
+def _client_side(transport: TlsSettings) -> TlsSettings:
+    """How this CLI checks the stack's health: as the reputation service dials the session service,
+    trusting TLS_CA_FILE and, under mutual TLS, presenting the
+    services' own certificate (TLS_CERT_FILE, which must allow client authentication for that
+    call anyway). The same with the dev certificates of `make run TLS=1` and an operator's own."""
     if not transport.serving:
         return transport
-    tls_dir = data_dir / TLS_DIR
+    mutual = bool(transport.client_ca_file)
     return TlsSettings(
-        cert_file=str(tls_dir / "client.pem"),
-        key_file=str(tls_dir / "client.key"),
-        ca_file=transport.ca_file or str(tls_dir / "ca.pem"),
+        cert_file=transport.cert_file if mutual else "",
+        key_file=transport.key_file if mutual else "",
+        ca_file=transport.ca_file,
     )
 
 
