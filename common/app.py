@@ -24,6 +24,10 @@ from common.tls import server_credentials
 
 log = logging.getLogger("rpc")
 
+# Bounds of what a flood can make gRPC core hold (see SERVER_OPTIONS); each is measured by a flood in
+# tests/test_overload.py against the 200 MB peak a process is allowed.
+PENDING_CALLS = 1000
+MAX_CONNECTIONS = 1000
 SERVER_OPTIONS = [
     # A second server on a busy port must fail, not silently share it (workers of one service
     # share theirs on purpose: see build_server's reuse_port).
@@ -38,12 +42,18 @@ SERVER_OPTIONS = [
     # Streams one connection may have open at once; the server refuses more (UNAVAILABLE, which
     # a channel with a retry policy sends again).
     ("grpc.max_concurrent_streams", 100),
-    # Calls waiting in gRPC core for the Python server to take them. Past core's defaults (1000,
-    # hard 3000) a burst is cancelled there, unseen by the interceptor: neither logged nor counted.
-    # Raised so every call reaches the interceptor, which refuses the excess at once (OVERLOADED);
-    # the streams per connection bound the queue anyway.
-    ("grpc.server.max_pending_requests", 100_000),
-    ("grpc.server.max_pending_requests_hard_limit", 100_000),
+    # Calls waiting in gRPC core for the Python server to take them. Each holds about 20 KB of
+    # core memory, and a flood arrives faster than one event loop refuses: unbounded, 20,000 Watch
+    # streams opened at once over 400 connections took the process to 290-360 MB. Past this bound
+    # core refuses new calls itself (CANCELLED, before the interceptor sees them: not logged).
+    ("grpc.server.max_pending_requests", PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", PENDING_CALLS),
+    # Connections open at once; past it core closes new ones as they arrive. An idle TLS
+    # connection holds about 55 KB (plaintext 20 KB): 5,000 of them took the process to 360 MB.
+    ("grpc.max_allowed_incoming_connections", MAX_CONNECTIONS),
+    # A connection with no call for this long is closed (GOAWAY; a client reconnects on its next
+    # call), so connections opened and left idle do not hold the connection bound for good.
+    ("grpc.max_connection_idle_ms", 600_000),
     ("grpc.http2.min_recv_ping_interval_without_data_ms", 30_000),
 ]
 HEALTH_INTERVAL_SECONDS = 1.0

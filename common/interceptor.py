@@ -156,13 +156,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         writes): OpenTelemetry's aio server interceptor iterates whatever it wraps, and fails a
         handler that only writes."""
         limit = CAPPED_STREAMS[method]
+        # Built once: a flood of these is refused with the very same status.
+        refusal = rich_status(Overloaded(limit), self._domain)
         unary_request = handler.unary_stream is not None
         behavior = handler.unary_stream if unary_request else handler.stream_stream
 
         async def capped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if self._streams[method] >= limit:
                 self._log(method, "RESOURCE_EXHAUSTED", Overloaded.reason, 0.0, None)
-                await _abort(context, rich_status(Overloaded(limit), self._domain))
+                await _abort(context, refusal)
             self._streams[method] += 1
             started = time.perf_counter()
             code = "OK"

@@ -277,6 +277,9 @@ T = TypeVar("T")
 # Calls one test keeps in flight on one channel: a connection carries 100 streams at a time, and
 # past that the server refuses streams (the retry policy absorbs a few, not a burst of hundreds).
 IN_FLIGHT = 90
+# The peak RSS no flood may take a service process past (tests/test_overload.py); the Kubernetes
+# memory limits leave room for it.
+FLOOD_PEAK_RSS_MB = 200
 
 
 async def together(calls: Iterable[Awaitable[T]], limit: int = IN_FLIGHT) -> list[T]:

@@ -38,7 +38,7 @@ from common import keygen
 from common.app import SHUTDOWN_GRACE_SECONDS
 from common.config import ConfigError, database_url, listen_address
 from reputation_service.sessions_client import CHANNEL_OPTIONS
-from tests.helpers import CONFIG_LOADERS, DATABASE_VARIABLE, Recording
+from tests.helpers import CONFIG_LOADERS, DATABASE_VARIABLE, FLOOD_PEAK_RSS_MB, Recording
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -633,6 +633,11 @@ def resources_from_measurements(m: Manifests) -> list[str]:
                 if "memory" in limits and parse_quantity(limits["memory"]) < 2 * rss[module] * 2**20:
                     problems.append(
                         f"{where}: limits.memory {limits['memory']} leaves no headroom over the RSS"
+                    )
+                if "memory" in limits and parse_quantity(limits["memory"]) < FLOOD_PEAK_RSS_MB * 2**20:
+                    problems.append(
+                        f"{where}: limits.memory {limits['memory']} is below the {FLOOD_PEAK_RSS_MB} MiB a "
+                        "flood may take the process to (tests/test_overload.py)"
                     )
     return problems
 

@@ -1,11 +1,14 @@
-"""Overload, for real: more calls than MAX_CONCURRENT_RPCS held on a row lock, a flood of health
-Watch streams against the service run as its own process, and more reflection streams than the
-per-process cap. The excess is refused at once with RESOURCE_EXHAUSTED OVERLOADED, counted in the
-metrics and the call log; memory stays bounded and authenticated calls keep answering."""
+"""Overload, for real: more calls than MAX_CONCURRENT_RPCS held on a row lock, floods of health
+Watch streams and of idle connections against the service run as its own process (plaintext and
+TLS), and more reflection streams than the per-process cap. The excess is refused at once with
+RESOURCE_EXHAUSTED OVERLOADED, counted in the metrics and the call log, or, past the bounds of what
+gRPC core holds (PENDING_CALLS, MAX_CONNECTIONS), shed by core; peak memory stays under
+FLOOD_PEAK_RSS_MB and authenticated calls keep answering."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import signal
@@ -13,7 +16,9 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import grpc
@@ -25,8 +30,10 @@ from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 from interview.sessions.v1 import sessions_pb2_grpc
 
-from common.app import AppServer
+from common.app import MAX_CONNECTIONS, AppServer
+from common.client import tls_credentials
 from common.config import ConfigError, Limits
+from common.devcerts import write_dev_certificates
 from common.interceptor import CAPPED_STREAMS
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
@@ -34,6 +41,7 @@ from session_service import api as session_api
 from session_service import config as session_config
 from tests.conftest import reputation_config_for, session_config_for, wait_serving
 from tests.helpers import (
+    FLOOD_PEAK_RSS_MB,
     calls,
     equals,
     expect_error,
@@ -175,12 +183,20 @@ async def test_calls_past_max_concurrent_rpcs_are_refused_at_once_counted_and_lo
     }
 
 
-# --- 2b: a flood of health Watch streams against the service as its own process --------------------
+# --- 2b: floods against the service run as its own process -------------------------------------
+#
+# Each flood comes from a process of its own (tests/flood.py) against a service process, while a
+# sampler reads the server's RSS every 100 ms and times an authenticated call. What bounds the peak:
+# at most PENDING_CALLS calls wait in gRPC core for the server to take them (past that core refuses
+# them itself) and at most MAX_CONNECTIONS connections are open at once.
 
-FLOOD_CHANNELS = 200
-FLOOD_PER_CHANNEL = 100
-FLOOD = FLOOD_CHANNELS * FLOOD_PER_CHANNEL
 WATCH_CAP = CAPPED_STREAMS[WATCH]
+FLOODS = {
+    # 20,000 Watch streams over 400 connections, all opened at once.
+    "watch": ["400", "50"],
+    # 5,000 connections that connect and then do nothing.
+    "idle": ["5000"],
+}
 
 
 def rss_mb(pid: int) -> float:
@@ -190,115 +206,111 @@ def rss_mb(pid: int) -> float:
     raise AssertionError(f"no VmRSS for {pid}")
 
 
-async def get_session_ms(stub: sessions_pb2_grpc.SessionServiceStub, session_id: str, user) -> float:
-    began = time.perf_counter()
-    await stub.GetSession(pb.GetSessionRequest(session_id=session_id), metadata=user, timeout=5)
-    return (time.perf_counter() - began) * 1000
+@dataclass
+class Flooded:
+    """What one flood did to a service process: its counts from the flooding side, the server's
+    RSS, and the authenticated call's latency."""
+
+    opened: dict[str, Any]
+    cancelled_at_end: int
+    baseline_rss: float
+    peak_rss: float
+    during_ms: list[float]
+    after_ms: list[float]
+    log: list[str]
 
 
-async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bounded_and_calls_answer(
-    keys, database_url, jwt_settings
-):
-    service = ServiceProcess(
-        "session_service",
-        {
-            **keys.env(),
-            "SESSION_LISTEN": "127.0.0.1:0",
-            "SESSION_METRICS_LISTEN": "127.0.0.1:0",
-            "SESSION_DATABASE_URL": database_url,
-        },
-    )
-    await service.start()
+async def flood_a_service(
+    package: str, mode: str, keys, database_url: str, jwt_settings, tmp_path: Path, tls: bool
+) -> Flooded:
+    prefix = "SESSION" if package == "session_service" else "REPUTATION"
+    env = {
+        **keys.env(),
+        f"{prefix}_LISTEN": "127.0.0.1:0",
+        f"{prefix}_METRICS_LISTEN": "127.0.0.1:0",
+        f"{prefix}_DATABASE_URL": database_url,
+    }
+    ca_args: list[str] = []
+    credentials = None
+    if tls:
+        certs = write_dev_certificates(tmp_path / "tls", ["localhost", "127.0.0.1"])
+        env |= {"TLS_CERT_FILE": str(certs.server_cert), "TLS_KEY_FILE": str(certs.server_key)}
+        ca_args = [str(certs.ca)]
+        credentials = tls_credentials(str(certs.ca))
+    service = await ServiceProcess(package, env).start()
     flood: asyncio.subprocess.Process | None = None
+    user = user_metadata(jwt_settings, new_id())
     try:
         assert service.process is not None
         pid = service.process.pid
-        await wait_serving(service.target)
-        user = user_metadata(jwt_settings, new_id())
-        async with grpc.aio.insecure_channel(service.target) as channel:
-            stub = sessions_pb2_grpc.SessionServiceStub(channel)
-            created = await stub.CreateSession(
-                pb.CreateSessionRequest(job_posting_id=new_id()), metadata=user
-            )
-            baseline_ms = min([await get_session_ms(stub, created.session_id, user) for _ in range(3)])
-            baseline_rss = rss_mb(pid)
+        channel = (
+            grpc.aio.secure_channel(service.target, credentials)
+            if credentials is not None
+            else grpc.aio.insecure_channel(service.target)
+        )
+        async with channel:
+            if package == "session_service":
+                stub = sessions_pb2_grpc.SessionServiceStub(channel)
+                created = await stub.CreateSession(
+                    pb.CreateSessionRequest(job_posting_id=new_id()), metadata=user
+                )
+                authenticated = functools.partial(
+                    stub.GetSession, pb.GetSessionRequest(session_id=created.session_id)
+                )
+            else:
+                authenticated = functools.partial(
+                    reputation_pb2_grpc.ReputationServiceStub(channel).GetReputation,
+                    rpb.GetReputationRequest(),
+                )
 
-            # Sampled while the flood runs: the server's RSS, and GetSession's latency.
+            async def call_ms() -> float:
+                began = time.perf_counter()
+                await authenticated(metadata=user, timeout=5)
+                return (time.perf_counter() - began) * 1000
+
+            await call_ms()
+            baseline_rss = rss_mb(pid)
             peak_rss = baseline_rss
             during_ms: list[float] = []
-            missed = 0
             sampling = True
 
-            async def sample() -> None:
-                # Measured, not judged: on two busy cores a call may wait out its 5 s deadline
-                # while the flood is accepted (counted as a miss); the judgement is on the calls
-                # made with the streams open, below.
-                nonlocal peak_rss, missed
+            async def sample_rss() -> None:
+                nonlocal peak_rss
                 while sampling:
                     peak_rss = max(peak_rss, rss_mb(pid))
-                    try:
-                        during_ms.append(await get_session_ms(stub, created.session_id, user))
-                    except grpc.aio.AioRpcError as error:
-                        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED, error
-                        missed += 1
+                    await asyncio.sleep(0.1)
+
+            async def sample_calls() -> None:
+                while sampling:
+                    during_ms.append(await call_ms())
                     await asyncio.sleep(0.05)
 
-            sampler = asyncio.create_task(sample())
-            began = time.monotonic()
+            samplers = [asyncio.create_task(sample_rss()), asyncio.create_task(sample_calls())]
             flood = await asyncio.create_subprocess_exec(
                 sys.executable,
                 "-m",
-                "tests.watch_flood",
+                "tests.flood",
+                mode,
                 service.target,
-                str(FLOOD_CHANNELS),
-                str(FLOOD_PER_CHANNEL),
+                *FLOODS[mode],
+                *ca_args,
                 cwd=str(ROOT),
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
             )
             assert flood.stdout is not None and flood.stdin is not None
-            first = await asyncio.wait_for(flood.stdout.readline(), 90)
-            flood_seconds = time.monotonic() - began
+            first = await asyncio.wait_for(flood.stdout.readline(), 120)
             assert first, f"the flood process ended early with {await flood.wait()}"
-            opened = json.loads(first)
+            # Kept open a moment longer: what the flood holds open is sampled too.
+            await asyncio.sleep(1)
             sampling = False
-            await sampler
-            peak_rss = max(peak_rss, rss_mb(pid))
-
-            # With the accepted streams still open: an authenticated call answers quickly (the best
-            # of three, so one collection pause does not decide it).
-            open_ms = [await get_session_ms(stub, created.session_id, user) for _ in range(3)]
-            open_rss = rss_mb(pid)
-
+            await asyncio.gather(*samplers)
+            after_ms = [await call_ms() for _ in range(3)]
             flood.stdin.write(b"stop\n")
             await flood.stdin.drain()
-            last = json.loads(await asyncio.wait_for(flood.stdout.readline(), 30))
-            assert await asyncio.wait_for(flood.wait(), 30) == 0
+            last = json.loads(await asyncio.wait_for(flood.stdout.readline(), 60))
+            assert await asyncio.wait_for(flood.wait(), 60) == 0
             flood = None
-
-        # Every watcher was cancelled: the cap is free again.
-        async with grpc.aio.insecure_channel(service.target) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
-            first_reply = await asyncio.wait_for(watch.read(), 10)
-            assert first_reply.status == health_pb2.HealthCheckResponse.SERVING
-            watch.cancel()
-
-        def logged_refusals() -> int:
-            return sum(
-                f'"method": "{WATCH}"' in line and '"code": "RESOURCE_EXHAUSTED"' in line
-                for line in service.log
-            )
-
-        counts = Counter(opened["counts"])
-        refused = counts["RESOURCE_EXHAUSTED OVERLOADED"]
-        logged = 0
-
-        async def all_logged() -> bool:
-            nonlocal logged
-            logged = logged_refusals()
-            return logged >= refused
-
-        await wait_for(all_logged, within=10, what="every refusal in the server's log")
     finally:
         if flood is not None:
             flood.kill()
@@ -306,28 +318,76 @@ async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bou
         if service.process is not None and service.process.returncode is None:
             service.process.send_signal(signal.SIGTERM)
             await service.wait()
-
-    print(
-        f"flood of {FLOOD} Watch streams answered in {flood_seconds:.1f}s "
-        f"(flood client {opened['seconds']:.1f}s): "
-        f"{dict(counts)}; open {opened['open']}, cancelled at the end {last['cancelled']}; "
-        f"server RSS baseline {baseline_rss:.0f} MB, peak {peak_rss:.0f} MB, "
-        f"with streams open {open_rss:.0f} MB; "
-        f"GetSession baseline {baseline_ms:.1f} ms, during the flood max {max(during_ms, default=0):.1f} ms "
-        f"(median {sorted(during_ms)[len(during_ms) // 2] if during_ms else 0:.1f} ms over {len(during_ms)}, "
-        f"{missed} past their 5 s deadline), "
-        f"with the streams open {[round(ms, 1) for ms in open_ms]} ms; "
-        f"refusals in the server's log {logged}; failures seen {opened['details']}"
+    return Flooded(
+        json.loads(first), last["cancelled"], baseline_rss, peak_rss, during_ms, after_ms, service.log
     )
-    assert sum(counts.values()) == FLOOD
+
+
+def within_100_ms(during_ms: list[float]) -> bool:
+    """Nine in ten authenticated calls made during the flood took under 100 ms. On two cores the
+    flooding process, the server and this test's sampler share the CPU: a sample now and then waits
+    for the scheduler, not for the server (measured: the median stays near 3 ms)."""
+    return len(during_ms) >= 10 and sorted(during_ms)[len(during_ms) * 9 // 10] < 100
+
+
+def report(what: str, flooded: Flooded) -> None:
+    ms = sorted(flooded.during_ms)
+    print(
+        f"{what}: {dict(flooded.opened['counts'])} in {flooded.opened['seconds']:.1f}s; "
+        f"server RSS baseline {flooded.baseline_rss:.0f} MB, peak {flooded.peak_rss:.0f} MB; "
+        f"authenticated call during the flood: {len(ms)} calls, median {ms[len(ms) // 2]:.1f} ms, "
+        f"95th percentile {ms[len(ms) * 95 // 100]:.1f} ms, max {ms[-1]:.1f} ms, "
+        f"{sum(m >= 100 for m in ms)} at 100 ms or more; "
+        f"after {[round(m, 1) for m in flooded.after_ms]} ms; "
+        f"failures seen {flooded.opened['details']}"
+    )
+
+
+FLOODED = [
+    pytest.param("session_service", False, id="session"),
+    pytest.param("reputation_service", True, id="reputation-over-tls"),
+]
+
+
+@pytest.mark.parametrize("package, tls", FLOODED)
+async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bounded_and_calls_answer(
+    package, tls, keys, database_url, jwt_settings, tmp_path
+):
+    flooded = await flood_a_service(package, "watch", keys, database_url, jwt_settings, tmp_path, tls)
+    report(f"20,000 Watch streams over 400 connections at {package}", flooded)
+    counts = Counter(flooded.opened["counts"])
+    refused = counts["RESOURCE_EXHAUSTED OVERLOADED"]
+    shed = counts["CANCELLED"]
+    # Every stream came back: accepted up to the cap, refused by the service (logged) or, past the
+    # pending-call bound, by gRPC core itself; none is lost some other way.
+    assert sum(counts.values()) == 20_000
+    assert set(counts) <= {"SERVING", "RESOURCE_EXHAUSTED OVERLOADED", "CANCELLED"}, counts
     assert counts["SERVING"] <= WATCH_CAP
-    assert last["cancelled"] == opened["open"] == counts["SERVING"]
-    assert peak_rss < 300, peak_rss
-    assert min(open_ms) < 100, open_ms
+    assert flooded.cancelled_at_end == flooded.opened["open"] == counts["SERVING"]
+    assert refused + shed >= 20_000 - WATCH_CAP
+    logged = sum(
+        f'"method": "{WATCH}"' in line and '"code": "RESOURCE_EXHAUSTED"' in line for line in flooded.log
+    )
     assert logged == refused
-    # Every stream past the cap is refused, as such: none is shed some other way, unlogged.
-    assert set(counts) <= {"SERVING", "RESOURCE_EXHAUSTED OVERLOADED"}, counts
-    assert refused >= FLOOD - WATCH_CAP - 10, counts
+    assert flooded.peak_rss < FLOOD_PEAK_RSS_MB, flooded.peak_rss
+    assert within_100_ms(flooded.during_ms), sorted(flooded.during_ms)
+    assert min(flooded.after_ms) < 100, flooded.after_ms
+
+
+@pytest.mark.parametrize("package, tls", FLOODED)
+async def test_a_flood_of_idle_connections_is_bounded_and_calls_answer(
+    package, tls, keys, database_url, jwt_settings, tmp_path
+):
+    flooded = await flood_a_service(package, "idle", keys, database_url, jwt_settings, tmp_path, tls)
+    report(f"5,000 idle connections at {package}", flooded)
+    counts = Counter(flooded.opened["counts"])
+    assert sum(counts.values()) == 5_000
+    # Up to the connection bound (less the sampler's own connection) they are served; past it they
+    # are closed at once and never become ready.
+    assert 0 < counts["READY"] <= MAX_CONNECTIONS, counts
+    assert flooded.peak_rss < FLOOD_PEAK_RSS_MB, flooded.peak_rss
+    assert within_100_ms(flooded.during_ms), sorted(flooded.during_ms)
+    assert min(flooded.after_ms) < 100, flooded.after_ms
 
 
 # --- 2c: reflection streams ----------------------------------------------------------------------------
@@ -450,13 +510,13 @@ def test_limits_are_read_from_the_environment_by_both_services(keys, database_ur
             assert raised.value.variable == variable
 
 
-# --- a burst: every call is answered, counted and logged -------------------------------------------------
+# --- a burst: every call is answered; each one the service sees is counted and logged -------------
 
 BURST_CHANNELS = 30
 BURST = BURST_CHANNELS * 100
 
 
-async def test_a_burst_of_3000_calls_is_answered_ok_or_overloaded_and_every_call_is_counted_and_logged(
+async def test_a_burst_of_3000_calls_is_answered_ok_overloaded_or_shed_and_every_call_seen_is_logged(
     plain_server, jwt_settings, caplog
 ):
     caplog.set_level(logging.INFO, logger="rpc")
@@ -489,8 +549,13 @@ async def test_a_burst_of_3000_calls_is_answered_ok_or_overloaded_and_every_call
     samples = await scrape(plain_server)
     counted = {code: calls(samples, get, code) for code in ("OK", "RESOURCE_EXHAUSTED", "CANCELLED")}
     print(f"burst of {BURST} GetSession in {took:.1f}s: {dict(answers)}; counted {counted}")
-    assert set(answers) <= {("OK", ""), ("RESOURCE_EXHAUSTED", "OVERLOADED")}, answers
+    # What reached the service is answered and logged; what found PENDING_CALLS already waiting in
+    # gRPC core was shed there (CANCELLED, no reason), and never reached the log.
+    assert set(answers) <= {("OK", ""), ("RESOURCE_EXHAUSTED", "OVERLOADED"), ("CANCELLED", "")}, answers
+    assert answers[("OK", "")] > 0
+    shed = answers.pop(("CANCELLED", ""), 0)
     assert call_lines(caplog, get) == answers
+    assert sum(answers.values()) + shed == BURST
     assert counted["OK"] == answers[("OK", "")]
     assert counted["RESOURCE_EXHAUSTED"] == answers[("RESOURCE_EXHAUSTED", "OVERLOADED")]
 
