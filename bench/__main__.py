@@ -20,7 +20,7 @@ from bench import plot, report, seed
 from bench.cases import KINDS, TLS_KINDS, Runner, Timing, median, percentile, ratio
 from bench.loadgen import LoadPool
 from bench.progress import Progress
-from bench.stack import TRACED_FLOOR, Stack
+from bench.stack import ALWAYS_ON, TRACED_FLOOR, Stack
 from bench.workloads import SCENARIOS, Data
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -52,10 +52,12 @@ class Settings:
     # concurrency overload_limit ("at the limit") and OVERLOAD_FACTOR times it ("overload").
     overload_scenarios: tuple[str, ...]
     overload_limit: int
-    # Measured with the services' tracing off and on (exporting every span), at a concurrency the
-    # main table has too: its service figures of the same run are the yardstick for "off".
+    # Measured with the services' tracing off, head-sampled at each of tracing_ratios
+    # (parentbased_traceidratio) and on for every call (always_on), at a concurrency the main table
+    # has too: its service figures of the same run are the yardstick for "off".
     tracing_scenarios: tuple[str, ...]
     tracing_concurrency: int
+    tracing_ratios: tuple[str, ...]
 
 
 OVERLOAD_FACTOR = 4
@@ -78,6 +80,7 @@ FULL = Settings(
     overload_limit=16,
     tracing_scenarios=("GetSession", "ConfirmCompletion"),
     tracing_concurrency=16,
+    tracing_ratios=tuple(report.SAMPLED_TRACING_TARGETS),
 )
 SMOKE = replace(FULL, smoke=True, concurrency=(4,), repeat=1, warmup=0.1, window=0.3, lead=0.2, clients=2)
 SMOKE = replace(SMOKE, small=500, large=5_000, conversation=300, workers_concurrency=4, tls_concurrency=4)
@@ -97,7 +100,8 @@ def _steps(settings: Settings) -> int:
     workers = 1 + 2 * len(settings.workers_scenarios)  # the restart with 2 workers; 1 and 2 workers
     tls = 1 + len(settings.tls_scenarios)  # the restart on TLS, then each scenario
     overload = 1 + len(settings.overload_scenarios)  # the restart with the limit, then each scenario
-    tracing = 2 * settings.repeat  # in each repetition: tracing off, then on, each after a restart
+    # In each repetition: tracing off, at each ratio, then on, each after a restart.
+    tracing = (2 + len(settings.tracing_ratios)) * settings.repeat
     finish = 2  # the stack stopped, the report written
     measured = len(SCENARIOS) * len(settings.concurrency)
     return setup + measured + scale + workers + tls + tracing + overload + finish
@@ -210,19 +214,23 @@ def _spread(runs: list[dict[str, Any]]) -> float:
 def _tracing(
     runner: Runner, stack: Stack, settings: Settings, progress: Progress, main: dict[str, Any]
 ) -> dict[str, Any]:
-    """The services (one worker each, plaintext) with tracing off, then on: every call sampled and
-    its spans exported to the bench's local OTLP receiver, which counts and drops them. Each mode
-    runs on freshly restarted services, off and on alternating within each repetition. The "off"
-    figures are set beside the `main` table's service figures of the same run.
+    """The services (one worker each, plaintext) with tracing off, head-sampled at each of
+    `tracing_ratios` (OTEL_TRACES_SAMPLER=parentbased_traceidratio), then on for every call
+    (always_on), their spans exported to the bench's local OTLP receiver, which counts and drops
+    them. Each mode runs on freshly restarted services, the modes alternating within each
+    repetition. The "off" figures are set beside the `main` table's service figures of the run.
 
-    Beside them, the same calls to the fused floor, untraced (off) and a second one traced by the
-    same instrumentation and exporter (on): what OpenTelemetry itself costs for those spans, with
-    no framework around the calls."""
+    Beside off and on, the same calls to the fused floor, untraced (off) and a second one traced by
+    the same instrumentation and exporter for every call (on): what OpenTelemetry itself costs for
+    those spans, with no framework around the calls."""
     began = time.monotonic()
     endpoint = stack.start_receiver()
     traced_floor = stack.start_floor("fused", otlp_endpoint=endpoint)
     concurrency = settings.tracing_concurrency
-    modes = {"off": ("", "fused"), "on": (endpoint, traced_floor)}
+    # mode -> (where the services export, what they sample, the floor measured beside them)
+    modes: dict[str, tuple[str, str, str | None]] = {"off": ("", ALWAYS_ON, "fused")}
+    modes |= {sampled: (endpoint, sampled, None) for sampled in settings.tracing_ratios}
+    modes["on"] = (endpoint, ALWAYS_ON, traced_floor)
     runs: dict[str, dict[str, dict[str, list[dict[str, Any]]]]] = {
         kind: {mode: {scenario: [] for scenario in settings.tracing_scenarios} for mode in modes}
         for kind in ("service", "fused")
@@ -230,18 +238,22 @@ def _tracing(
     spans: dict[str, Counter[str]] = {mode: Counter() for mode in modes}
     named = " and ".join(settings.tracing_scenarios)
     for repetition in range(1, settings.repeat + 1):
-        for mode, (otlp_endpoint, floor) in modes.items():
+        for mode, (otlp_endpoint, sampled, floor) in modes.items():
             exporting = f", exporting to {otlp_endpoint}" * bool(otlp_endpoint)
+            ratio_of = f", sampling {sampled} of the traces" * (sampled != ALWAYS_ON)
             progress.step(
                 f"tracing {mode}, run {repetition}/{settings.repeat}: restarting the services (1 worker "
-                f"each{exporting}), then {named} c={concurrency} on them and on the {floor} floor"
+                f"each{exporting}{ratio_of}), then {named} c={concurrency} on them"
+                + f" and on the {floor} floor"
+                * bool(floor)
             )
             stack.stop_services()
             before = Counter(stack.spans_received())
-            stack.start_services(1, otlp_endpoint=otlp_endpoint)
+            stack.start_services(1, otlp_endpoint=otlp_endpoint, sampled=sampled)
             for scenario in settings.tracing_scenarios:
                 runs["service"][mode][scenario].append(runner.once(scenario, "service", concurrency))
-                runs["fused"][mode][scenario].append(runner.once(scenario, floor, concurrency))
+                if floor:
+                    runs["fused"][mode][scenario].append(runner.once(scenario, floor, concurrency))
             stack.stop_services()  # a traced service exports the spans it still holds as it stops
             spans[mode] += Counter(stack.spans_received()) - before
     before = Counter(stack.spans_received())
@@ -251,14 +263,23 @@ def _tracing(
     floor_spans += (Counter(stack.spans_received()) - before)[TRACED_FLOOR]
     results: dict[str, Any] = {}
     for scenario in settings.tracing_scenarios:
-        off, on = (median(runs["service"][mode][scenario]) for mode in modes)
-        floor_off, floor_on = (median(runs["fused"][mode][scenario]) for mode in modes)
+        off, on = (median(runs["service"][mode][scenario]) for mode in ("off", "on"))
+        floor_off, floor_on = (median(runs["fused"][mode][scenario]) for mode in ("off", "on"))
         reference = main[scenario][str(concurrency)]["service"]
+        sampled_cases = {}
+        for sampled in settings.tracing_ratios:
+            figures = median(runs["service"][sampled][scenario])
+            sampled_cases[sampled] = {
+                "figures": figures,
+                "ratio": ratio(figures, off),
+                "cpu_us_added": figures["cpu_us_per_call"] - off["cpu_us_per_call"],
+            }
         results[scenario] = {
             "off": off,
             "on": on,
             "ratio": ratio(on, off),  # on / off
             "cpu_us_added": on["cpu_us_per_call"] - off["cpu_us_per_call"],
+            "sampled": sampled_cases,
             "floor_off": floor_off,
             "floor_on": floor_on,
             "floor_ratio": ratio(floor_on, floor_off),
@@ -268,10 +289,14 @@ def _tracing(
             # The larger run-to-run spread of the two: "off" within it costs nothing measurable.
             "noise": max(_spread(reference["runs"]), _spread(off["runs"])),
         }
+        at_ratios = ", ".join(
+            f"at {sampled} {case['figures']['ops_per_s']:,.0f} ops/s (÷ off {case['ratio']:.2f})"
+            for sampled, case in sampled_cases.items()
+        )
         _say(
             f"{scenario:18} c={concurrency:<3} tracing off {off['ops_per_s']:9,.0f} ops/s "
-            f"(÷ main table {results[scenario]['off_over_main']:.2f}), on {on['ops_per_s']:9,.0f} ops/s "
-            f"(÷ off {results[scenario]['ratio']:.2f}); fused floor on ÷ off "
+            f"(÷ main table {results[scenario]['off_over_main']:.2f}), {at_ratios}, always on "
+            f"{on['ops_per_s']:,.0f} ops/s (÷ off {results[scenario]['ratio']:.2f}); fused floor on ÷ off "
             f"{results[scenario]['floor_ratio']:.2f}"
         )
     return {

@@ -26,7 +26,9 @@ OVERLOAD_P99_TARGET, REFUSAL_TARGET_MS, OVERLOAD_RSS_TARGET = 2.0, 10.0, 1.5
 # against the fused floor's.
 YARDSTICK_TARGET, PG_FLOOR_TARGET = 0.3, 1.3
 # Tracing on (every span exported) / off throughput wanted.
-TRACING_TARGET = 0.85
+# Tracing head-sampled at these ratios (parentbased_traceidratio), its throughput ÷ tracing off at
+# least this; always_on is reported, not targeted.
+SAMPLED_TRACING_TARGETS = {"0.01": 0.97, "0.1": 0.9}
 
 
 async def postgres_version(dsn: str) -> str:
@@ -243,55 +245,80 @@ def _counts(spans: dict[str, int]) -> str:
 
 def _tracing(tracing: dict[str, Any]) -> list[str]:
     spans = tracing["spans"]
+    sampled_spans = "; ".join(
+        f"sampling {sampled}: {_counts(spans[sampled])}" for sampled in SAMPLED_TRACING_TARGETS
+    )
+    targets = ", ".join(f"≥ {target} at {sampled}" for sampled, target in SAMPLED_TRACING_TARGETS.items())
     out = [
-        "## Tracing: off vs on (every call sampled, spans exported over OTLP)",
+        "## Tracing: off, head-sampled, and on for every call (spans exported over OTLP)",
         "",
         f"Concurrency {tracing['concurrency']}, one worker per service, plaintext. *off*: the services "
-        "with no OTEL_* variable set, as in every other section; *on*: OTEL_EXPORTER_OTLP_ENDPOINT at a "
-        "local OTLP/gRPC receiver the bench starts (bench/otlp_receiver.py: counts the spans, drops "
-        "them) and OTEL_TRACES_SAMPLER=always_on. The services are restarted for each mode, off and on "
-        "alternating within each repetition. The receiver got "
-        f"{_counts(spans['off'])} spans with tracing off and {_counts(spans['on'])} with it on; it runs "
-        f"on the same cores and used {tracing['receiver_cpu_seconds']:.1f} s of CPU, not in the CPU "
-        "column. *Floor*: the same calls to the fused floor (the same JWT check and SQL, no framework "
-        "around them), untraced, and a second fused floor traced by the same instrumentation and "
-        "exporter, measured in the same repetitions: what OpenTelemetry itself costs for those "
-        f"calls' spans ({tracing['floor_spans']:,} exported). Targets: on ÷ off throughput ≥ "
-        f"{TRACING_TARGET} (a floor below it says the libraries alone cost more); off costs nothing "
-        "measurable: its throughput ÷ the main table's service figure of this run is at least 1 - the "
-        "run-to-run noise (the larger (max - min) / median of the two cases' runs); faster is no cost. "
-        "Both run the same code with nothing instrumented, so this row shows the drift between two "
-        "measurements; what the tracing code costs when off is an A/B against the tree before it "
-        "(bench/results/README.md). "
+        "with no OTEL_* variable set, as in every other section. Otherwise OTEL_EXPORTER_OTLP_ENDPOINT "
+        "is a local OTLP/gRPC receiver the bench starts (bench/otlp_receiver.py: counts the spans, "
+        "drops them), and OTEL_TRACES_SAMPLER is *parentbased_traceidratio* with OTEL_TRACES_SAMPLER_ARG "
+        f"{' or '.join(SAMPLED_TRACING_TARGETS)} (what production runs: that share of the traces the "
+        "services start, and every trace a caller sampled), or *always_on*. The services are restarted "
+        "for each mode, the modes alternating within each repetition. The receiver got "
+        f"{_counts(spans['off'])} spans with tracing off, {sampled_spans}, and {_counts(spans['on'])} "
+        f"always on; it runs on the same cores and used {tracing['receiver_cpu_seconds']:.1f} s of CPU, "
+        f"not in the CPU column. Targets: throughput ÷ off {targets}; always_on is reported, not "
+        "targeted. Off costs nothing measurable: its throughput ÷ the main table's service figure of "
+        "this run is at least 1 - the run-to-run noise (the larger (max - min) / median of the two "
+        "cases' runs); faster is no cost. Both run the same code with nothing instrumented, so that "
+        "column shows the drift between two measurements. "
         f"This section took {tracing['seconds']:.0f} s of the wall time.",
+        "",
+    ]
+    rows = []
+    for scenario, case in tracing["scenarios"].items():
+        off = case["off"]
+        row = [scenario, _f(off["ops_per_s"])]
+        for sampled, target in SAMPLED_TRACING_TARGETS.items():
+            at = case["sampled"][sampled]
+            row += [_f(at["figures"]["ops_per_s"]), f"**{at['ratio']:.2f}**", _met(at["ratio"] >= target)]
+            row.append(f"{at['cpu_us_added']:+.0f}")
+        no_slower = case["off_over_main"] >= 1 - case["noise"]
+        row += [_f(case["main_ops_per_s"]), f"**{case['off_over_main']:.2f}**", f"±{case['noise']:.2f}"]
+        row.append(_met(no_slower))
+        rows.append(row)
+    head = ["scenario", "ops/s off"]
+    for sampled, target in SAMPLED_TRACING_TARGETS.items():
+        head += [f"ops/s at {sampled}", "÷ off", f"≥ {target}: met", "CPU µs added"]
+    head += ["main table ops/s", "off ÷ main", "noise", "off no slower"]
+    out += _table(head, rows)
+    out += [
+        "",
+        "Always on, every call traced. *Floor*: the same calls to the fused floor (the same JWT check "
+        "and SQL, no framework around them), untraced, and a second fused floor traced by the same "
+        "instrumentation and exporter, measured in the same repetitions: what OpenTelemetry itself "
+        f"costs for those calls' spans ({tracing['floor_spans']:,} exported).",
         "",
     ]
     rows = []
     for scenario, case in tracing["scenarios"].items():
         off, on = case["off"], case["on"]
         figures = [(off[key], on[key]) for key in ("p50_ms", "p99_ms", "cpu_us_per_call")]
-        no_slower = case["off_over_main"] >= 1 - case["noise"]
         rows.append(
             [
                 scenario,
                 _f(off["ops_per_s"]),
                 _f(on["ops_per_s"]),
                 f"**{case['ratio']:.2f}**",
-                _met(case["ratio"] >= TRACING_TARGET),
                 *(_f(value) for pair in figures for value in pair),
                 f"{case['cpu_us_added']:+.0f}",
-                _f(case["main_ops_per_s"]),
-                f"**{case['off_over_main']:.2f}**",
-                f"±{case['noise']:.2f}",
-                _met(no_slower),
                 f"**{case['floor_ratio']:.2f}**",
                 f"{case['floor_cpu_us_added']:+.0f}",
-                str(off["errors"] + on["errors"] + case["floor_off"]["errors"] + case["floor_on"]["errors"]),
+                str(
+                    off["errors"]
+                    + on["errors"]
+                    + sum(at["figures"]["errors"] for at in case["sampled"].values())
+                    + case["floor_off"]["errors"]
+                    + case["floor_on"]["errors"]
+                ),
             ]
         )
-    head = ["scenario", "ops/s off", "ops/s on", "on ÷ off", f"≥ {TRACING_TARGET}: met", "p50 ms off"]
-    head += ["p50 ms on", "p99 ms off", "p99 ms on", "CPU µs off", "CPU µs on", "CPU µs added"]
-    head += ["main table ops/s", "off ÷ main", "noise", "off no slower", "floor on ÷ off"]
+    head = ["scenario", "ops/s off", "ops/s on", "on ÷ off", "p50 ms off", "p50 ms on", "p99 ms off"]
+    head += ["p99 ms on", "CPU µs off", "CPU µs on", "CPU µs added", "floor on ÷ off"]
     head += ["floor CPU µs added", "errors"]
     return out + _table(head, rows)
 

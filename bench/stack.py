@@ -50,13 +50,17 @@ TRACED_FLOOR = "fused_floor"  # the traced fused floor's service.name
 _OWN_PREFIXES = ("JWT_", "TLS_", "SERVICE_SIGNING_KEY", "SERVICE_TOKEN_", "PAGE_TOKEN_", "OTEL_")
 
 
-def _traced(otlp_endpoint: str, service_name: str) -> dict[str, str]:
-    """The OTEL_* variables that trace every call of a process and export its spans over OTLP/gRPC."""
-    return {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint,
-        "OTEL_TRACES_SAMPLER": "always_on",
-        "OTEL_SERVICE_NAME": service_name,
-    }
+ALWAYS_ON = "always_on"
+
+
+def _traced(otlp_endpoint: str, service_name: str, sampled: str = ALWAYS_ON) -> dict[str, str]:
+    """The OTEL_* variables that trace a process's calls and export their spans over OTLP/gRPC:
+    every call (`sampled` ALWAYS_ON), or that share of the traces it starts ("0.01": head sampling
+    by trace id, parent-based, as production runs it)."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": otlp_endpoint, "OTEL_SERVICE_NAME": service_name}
+    if sampled == ALWAYS_ON:
+        return env | {"OTEL_TRACES_SAMPLER": ALWAYS_ON}
+    return env | {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": sampled}
 
 
 async def _checkpoint_only_when_asked(dsn: str) -> None:
@@ -110,6 +114,7 @@ class Stack:
         self.workers = 1
         self.limit = 0  # MAX_CONCURRENT_RPCS the bench set for the session service now running (0: none)
         self.otlp_endpoint = ""  # where the services now running export their spans ("": not traced)
+        self.sampled = ALWAYS_ON  # which of their calls they trace, when they do
 
     @staticmethod
     def _service_keys(directory: Path) -> dict[str, str]:
@@ -187,16 +192,23 @@ class Stack:
                 os.truncate(log, 0)
 
     def start_services(
-        self, workers: int = 1, tls: bool = False, limit: int = 0, otlp_endpoint: str = ""
+        self,
+        workers: int = 1,
+        tls: bool = False,
+        limit: int = 0,
+        otlp_endpoint: str = "",
+        sampled: str = ALWAYS_ON,
     ) -> None:
         """Both services; with `limit`, the session service runs with MAX_CONCURRENT_RPCS=`limit`
         (otherwise whatever the environment says, by default the services' own 512). With
-        `otlp_endpoint`, both trace every call (OTEL_TRACES_SAMPLER=always_on) and export the spans
-        there over OTLP/gRPC, each under its package name as OTEL_SERVICE_NAME."""
+        `otlp_endpoint`, both trace the calls `sampled` says (every one by default, or a ratio of
+        the traces) and export the spans there over OTLP/gRPC, each under its package name as
+        OTEL_SERVICE_NAME."""
         self.workers = workers
         self.tls = tls
         self.limit = limit
         self.otlp_endpoint = otlp_endpoint
+        self.sampled = sampled
         for name, package in PACKAGES.items():
             log = self.workdir / f"{package}.log"
             log.write_bytes(b"")
@@ -204,7 +216,7 @@ class Stack:
             if limit and name == "session":
                 env["MAX_CONCURRENT_RPCS"] = str(limit)
             if otlp_endpoint:
-                env.update(_traced(otlp_endpoint, package))
+                env.update(_traced(otlp_endpoint, package, sampled))
             process = self._spawn(["-m", package], log, env, subprocess.DEVNULL)
             self.services[name] = process
             self._wait_serving(name, process, log, workers)
@@ -294,7 +306,8 @@ class Stack:
         extra = ", TLS" * self.tls
         if self.limit and name == "session":
             extra += f", MAX_CONCURRENT_RPCS={self.limit}"
-        extra += ", tracing" * bool(self.otlp_endpoint)
+        if self.otlp_endpoint:
+            extra += ", tracing" + f" {self.sampled} sampled" * (self.sampled != ALWAYS_ON)
         return f"{PACKAGES[name]} ({workers}{extra})"
 
     def stop_services(self) -> None:

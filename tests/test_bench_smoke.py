@@ -103,14 +103,18 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
         assert case["ratio"] > 0 and case["floor_tls_over_plaintext"] > 0, scenario
     markdown = (tmp_path / "latest.md").read_text()
     assert "## TLS: the hot RPCs over mutual TLS" in markdown
-    # Tracing off and on (100% sampled, exported to the bench's OTLP receiver), the same scenarios on
-    # restarted services; "off" set beside the main table's service figures at that concurrency.
-    # Beside them, the fused floor untraced and traced: OpenTelemetry's own cost for those calls.
+    # Tracing off, head-sampled at 0.01 and 0.1, and on for every call (exported to the bench's OTLP
+    # receiver), the same scenarios on restarted services; "off" set beside the main table's service
+    # figures at that concurrency. Beside off and on, the fused floor untraced and traced:
+    # OpenTelemetry's own cost for those calls.
     tracing = report["tracing"]
     assert set(tracing["scenarios"]) == {"GetSession", "ConfirmCompletion"}
     for scenario, case in tracing["scenarios"].items():
-        for mode in ("off", "on", "floor_off", "floor_on"):
-            figures = case[mode]
+        assert set(case["sampled"]) == {"0.01", "0.1"}, scenario
+        sampled = {f"at {ratio}": at["figures"] for ratio, at in case["sampled"].items()}
+        assert all(at["ratio"] > 0 for at in case["sampled"].values()), (scenario, case["sampled"])
+        modes = {mode: case[mode] for mode in ("off", "on", "floor_off", "floor_on")} | sampled
+        for mode, figures in modes.items():
             where = ("tracing", scenario, mode)
             assert figures["errors"] == 0, (where, figures.get("error"))
             assert not figures["exhausted"], where
@@ -124,7 +128,10 @@ def test_the_smoke_benchmark_measures_every_scenario_and_floor_and_writes_the_re
     assert set(tracing["spans"]["on"]) == {"session_service", "reputation_service"}, tracing["spans"]
     assert all(count > 0 for count in tracing["spans"]["on"].values()), tracing["spans"]
     assert tracing["floor_spans"] > 0
-    assert "## Tracing: off vs on" in markdown
+    # Head sampling exports far fewer spans than always_on.
+    for ratio in ("0.01", "0.1"):
+        assert sum(tracing["spans"][ratio].values()) < sum(tracing["spans"]["on"].values()), tracing["spans"]
+    assert "## Tracing: off, head-sampled, and on for every call" in markdown
     # Overload: the session service at MAX_CONCURRENT_RPCS = M, measured at concurrency M and 4 x M;
     # refused calls (RESOURCE_EXHAUSTED OVERLOADED) counted and timed apart, never errors.
     overload = report["overload"]
