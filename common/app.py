@@ -12,7 +12,6 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from common import tracing
 from common.auth import Access, Authenticator
@@ -166,7 +165,7 @@ def build_server(
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = [b.name for b in bindings]
-    enable_documented_reflection([*names, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    enable_documented_reflection([*names, health.SERVICE_NAME], server)
     try:
         if tls.serving:
             port = server.add_secure_port(listen, server_credentials(tls))

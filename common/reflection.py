@@ -1,10 +1,15 @@
-"""Server reflection with the proto comments, so `grpcurl describe` shows the contract's documentation.
+"""Server reflection with the proto comments, so `grpcurl describe` shows the contract's documentation,
+on both protocols tools speak: grpc.reflection.v1 and the older v1alpha.
 
 grpcio-reflection answers from a descriptor pool, and protobuf's pool (upb) keeps no source info
 whatever it is built from; the generated modules carry none either. So the library's servicer
 answers as usual and each file it sends is swapped for its twin in the FileDescriptorSet that
-`make gen` writes with the comments (`interview/descriptors.binpb`). Files outside that set
-(health, reflection itself) go out as the library built them."""
+`make gen` writes with the comments (`interview/descriptors.binpb`), as protoc wrote it: `json_name`
+included, so every tool prints the canonical proto3 JSON names (`sessionId`). Files outside that set
+(health, reflection itself) go out as the library built them.
+
+grpcio-reflection ships only v1alpha. v1 is the same messages under another package, so the one
+servicer answers both paths, and v1's file is v1alpha's with the package renamed."""
 
 from __future__ import annotations
 
@@ -19,25 +24,40 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_g
 DESCRIPTOR_SET = "descriptors.binpb"  # beside the generated modules, in the `interview` package
 
 
-def documented_files() -> dict[str, bytes]:
-    """Each file of the descriptor set by name, serialized with its comments.
+V1_SERVICE = "grpc.reflection.v1.ServerReflection"
+_V1_FILE = "grpc/reflection/v1/reflection.proto"
 
-    protoc writes every field's `json_name` into a descriptor set, which the generated modules
-    (and so what reflection served before) leave out; with it grpcurl would print camelCase JSON
-    (`sessionId`) instead of the proto names callers script against (`session_id`)."""
+
+def documented_files() -> dict[str, bytes]:
+    """Each file of the descriptor set by name, serialized with its comments."""
     files = descriptor_pb2.FileDescriptorSet.FromString(
         resources.files("interview").joinpath(DESCRIPTOR_SET).read_bytes()
     ).file
-    for file in files:
-        _drop_json_names(file.message_type)
     return {file.name: file.SerializeToString() for file in files}
 
 
-def _drop_json_names(messages: Iterable[descriptor_pb2.DescriptorProto]) -> None:
-    for message in messages:
+def _add_v1_descriptor() -> None:
+    """grpc.reflection.v1 into the default pool (once): v1alpha's file, renamed, so that v1's
+    service and messages are found by name like any other."""
+    pool = descriptor_pool.Default()
+    try:
+        pool.FindFileByName(_V1_FILE)
+        return
+    except KeyError:
+        pass
+    file = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(file)
+    old, new = f".{file.package}.", f".{V1_SERVICE.rsplit('.', 1)[0]}."
+    file.name, file.package = _V1_FILE, new.strip(".")
+    for message in file.message_type:
         for field in message.field:
-            field.ClearField("json_name")
-        _drop_json_names(message.nested_type)
+            if field.type_name:
+                field.type_name = field.type_name.replace(old, new)
+    for service in file.service:
+        for method in service.method:
+            method.input_type = method.input_type.replace(old, new)
+            method.output_type = method.output_type.replace(old, new)
+    pool.AddSerializedFile(file.SerializeToString())
 
 
 async def _once(request: reflection_pb2.ServerReflectionRequest) -> AsyncIterator[Any]:
@@ -81,6 +101,16 @@ def _by_service(request: reflection_pb2.ServerReflectionRequest) -> reflection_p
 
 
 def enable_documented_reflection(service_names: Iterable[str], server: grpc.aio.Server) -> None:
-    """Serves reflection (grpc.reflection.v1alpha) for `service_names` on `server`, comments included."""
-    servicer = DocumentedReflection(service_names, documented_files())
+    """Serves reflection (grpc.reflection.v1 and v1alpha) for `service_names` and itself on
+    `server`, comments included."""
+    _add_v1_descriptor()
+    servicer = DocumentedReflection([*service_names, reflection.SERVICE_NAME, V1_SERVICE], documented_files())
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
+    v1 = grpc.stream_stream_rpc_method_handler(
+        servicer.ServerReflectionInfo,
+        request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+        response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString,
+    )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(V1_SERVICE, {"ServerReflectionInfo": v1}),)
+    )

@@ -24,7 +24,7 @@ import asyncpg
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
@@ -58,7 +58,10 @@ from tests.servers import ServiceProcess
 
 PAUSE = "/interview.sessions.v1.SessionService/PauseSession"
 WATCH = "/grpc.health.v1.Health/Watch"
-REFLECTION = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
+REFLECTIONS = [
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+]
 ROOT = Path(__file__).resolve().parent.parent
 # Separate connections: channels to one target share a subchannel (one connection) by default.
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
@@ -400,17 +403,31 @@ async def plain_server(database_url, keys) -> AsyncIterator[AppServer]:
     await app.stop(grace=1)
 
 
-async def test_reflection_streams_past_the_per_process_cap_are_refused(plain_server, caplog):
+def reflection_stream(channel: grpc.aio.Channel, path: str) -> grpc.aio.StreamStreamCall:
+    """A ServerReflectionInfo stream over `path` (v1 and v1alpha carry the same messages)."""
+    return channel.stream_stream(
+        path,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )()
+
+
+def test_the_stream_caps_cover_exactly_the_unauthenticated_streams_served():
+    assert set(CAPPED_STREAMS) == {WATCH, *REFLECTIONS}
+
+
+@pytest.mark.parametrize("path", REFLECTIONS)
+async def test_reflection_streams_past_the_per_process_cap_are_refused(plain_server, caplog, path):
     caplog.set_level(logging.INFO, logger="rpc")
-    cap = CAPPED_STREAMS[REFLECTION]
+    cap = CAPPED_STREAMS[path]
     channels = [
         grpc.aio.insecure_channel(f"127.0.0.1:{plain_server.port}", options=OWN_CONNECTION) for _ in range(3)
     ]
     streams = []
     answers: Counter[str] = Counter()
 
-    async def reflect(stub: reflection_pb2_grpc.ServerReflectionStub) -> None:
-        call = stub.ServerReflectionInfo()
+    async def reflect(channel: grpc.aio.Channel) -> None:
+        call = reflection_stream(channel, path)
         streams.append(call)
         try:
             await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
@@ -426,13 +443,12 @@ async def test_reflection_streams_past_the_per_process_cap_are_refused(plain_ser
         answers["listed" if "interview.sessions.v1.SessionService" in names else "wrong"] += 1
 
     try:
-        stubs = [reflection_pb2_grpc.ServerReflectionStub(channel) for channel in channels]
         # 150 streams on 3 connections (50 each: under the 100 streams a connection may carry).
-        await asyncio.wait_for(asyncio.gather(*(reflect(stubs[n % 3]) for n in range(150))), 30)
+        await asyncio.wait_for(asyncio.gather(*(reflect(channels[n % 3]) for n in range(150))), 30)
         assert answers == {"listed": cap, "RESOURCE_EXHAUSTED OVERLOADED": 150 - cap}
-        assert call_lines(caplog, REFLECTION) == {("RESOURCE_EXHAUSTED", "OVERLOADED"): 150 - cap}
+        assert call_lines(caplog, path) == {("RESOURCE_EXHAUSTED", "OVERLOADED"): 150 - cap}
         samples = await scrape(plain_server)
-        assert calls(samples, REFLECTION, "RESOURCE_EXHAUSTED") == 150 - cap
+        assert calls(samples, path, "RESOURCE_EXHAUSTED") == 150 - cap
     finally:
         for call in streams:
             call.cancel()
@@ -443,7 +459,7 @@ async def test_reflection_streams_past_the_per_process_cap_are_refused(plain_ser
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plain_server.port}") as channel:
 
         async def taken() -> bool:
-            call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+            call = reflection_stream(channel, path)
             try:
                 await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
                 reply = await call.read()

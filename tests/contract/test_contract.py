@@ -8,7 +8,7 @@ from pathlib import Path
 import grpc
 import pytest
 from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from interview.reputation.v1 import reputation_pb2
 from interview.sessions.v1 import sessions_pb2
 
@@ -21,7 +21,11 @@ PROTOS = {
     "interview.reputation.v1": (reputation_pb2, ROOT / "protos/interview/reputation/v1/reputation.proto"),
 }
 PREFIX = "ERROR_REASON_"
-HEALTH_AND_REFLECTION = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+HEALTH_AND_REFLECTION = {
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+}
 
 
 def _declared_reasons(module) -> set[str]:
@@ -78,24 +82,41 @@ async def test_a_method_the_servers_lack_would_fail_that_check(session_server, j
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
-async def _reflected_services(port: int) -> set[str]:
+# Both reflection protocols, answered by one servicer: v1 is v1alpha's messages under another name.
+REFLECTION_PATHS = [
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+]
+
+
+async def _reflect(port: int, path: str, request: reflection_pb2.ServerReflectionRequest):
+    """The one answer to `request` over the reflection protocol at `path`."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(list_services="")
-        async for reply in stub.ServerReflectionInfo(iter([request])):
-            return {service.name for service in reply.list_services_response.service}
-    return set()
+        call = channel.stream_stream(
+            path,
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        async for reply in call(iter([request]), timeout=10):
+            return reply
+    raise AssertionError(f"no answer at {path}")
 
 
+async def _reflected_services(port: int, path: str = REFLECTION_PATHS[0]) -> set[str]:
+    reply = await _reflect(port, path, reflection_pb2.ServerReflectionRequest(list_services=""))
+    return {service.name for service in reply.list_services_response.service}
+
+
+@pytest.mark.parametrize("path", REFLECTION_PATHS)
 async def test_reflection_lists_exactly_the_declared_services_plus_health_and_reflection(
-    session_server, reputation_server
+    session_server, reputation_server, path
 ):
     for port, package in (
         (session_server.port, "interview.sessions.v1"),
         (reputation_server.port, "interview.reputation.v1"),
     ):
         declared = {service for service, _, _ in _methods(package)}
-        assert await _reflected_services(port) == declared | HEALTH_AND_REFLECTION
+        assert await _reflected_services(port, path) == declared | HEALTH_AND_REFLECTION
 
 
 async def test_the_reflection_check_tells_one_server_from_the_other(session_server, reputation_server):
@@ -103,19 +124,36 @@ async def test_the_reflection_check_tells_one_server_from_the_other(session_serv
     assert await _reflected_services(reputation_server.port) != sessions_declared | HEALTH_AND_REFLECTION
 
 
-async def test_reflection_serves_the_descriptors_grpcurl_needs(session_server):
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{session_server.port}") as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        request = reflection_pb2.ServerReflectionRequest(
-            file_containing_symbol="interview.sessions.v1.SessionService"
+@pytest.mark.parametrize("path", REFLECTION_PATHS)
+async def test_reflection_serves_the_contracts_descriptors_as_they_are(session_server, path):
+    request = reflection_pb2.ServerReflectionRequest(
+        file_containing_symbol="interview.sessions.v1.SessionService"
+    )
+    reply = await _reflect(session_server.port, path, request)
+    files = {
+        file.name: file
+        for file in map(
+            descriptor_pb2.FileDescriptorProto.FromString,
+            reply.file_descriptor_response.file_descriptor_proto,
         )
-        async for reply in stub.ServerReflectionInfo(iter([request])):
-            files = [
-                descriptor_pb2.FileDescriptorProto.FromString(raw)
-                for raw in reply.file_descriptor_response.file_descriptor_proto
-            ]
-            break
-    assert "interview/sessions/v1/sessions.proto" in {f.name for f in files}
+    }
+    served = files["interview/sessions/v1/sessions.proto"]
+    # json_name included (canonical JSON in every tool), and the comments.
+    (session,) = [message for message in served.message_type if message.name == "Session"]
+    assert {f.name: f.json_name for f in session.field}["session_id"] == "sessionId"
+    assert served.source_code_info.location
+    assert served.options.go_package
+
+
+@pytest.mark.parametrize("path", REFLECTION_PATHS)
+async def test_each_reflection_protocol_describes_itself(session_server, path):
+    service = path.split("/")[1]
+    request = reflection_pb2.ServerReflectionRequest(file_containing_symbol=service)
+    reply = await _reflect(session_server.port, path, request)
+    (raw,) = reply.file_descriptor_response.file_descriptor_proto
+    file = descriptor_pb2.FileDescriptorProto.FromString(raw)
+    assert f"{file.package}.{file.service[0].name}" == service
+    assert {m.name for m in file.message_type} >= {"ServerReflectionRequest", "ServerReflectionResponse"}
 
 
 def undocumented_values(proto_text: str, enum: str) -> list[str]:

@@ -49,12 +49,11 @@ async def test_a_service_outside_the_contract_is_still_described(session_server:
     assert "rpc Check ( .grpc.health.v1.HealthCheckRequest )" in described, described
 
 
-async def test_grpcurl_prints_the_proto_field_names_callers_script_against(
+async def test_grpcurl_prints_the_canonical_json_names_every_tool_prints(
     session_server: AppServer, as_user
 ) -> None:
-    # Reflection serves no json_name: grpcurl's JSON keeps `session_id`, as the README's jq uses it.
-    described = await grpcurl_describe(session_server.port, "interview.sessions.v1.Session")
-    assert "json_name" not in described, described
+    # Reflection serves the contract's descriptors as protoc wrote them, json_name included: grpcurl
+    # prints `sessionId`, as buf curl and Connect do, and as the README's jq reads it.
     token = as_user(new_id())[0][1]
     done = await run_program(
         str(GRPCURL),
@@ -69,4 +68,4 @@ async def test_grpcurl_prints_the_proto_field_names_callers_script_against(
     )
     assert done.returncode == 0, done.stderr
     created = json.loads(done.stdout)
-    assert {"session_id", "user_id", "job_posting_id", "retake_number"} <= set(created), created
+    assert {"sessionId", "userId", "jobPostingId", "retakeNumber"} <= set(created), created

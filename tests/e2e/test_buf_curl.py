@@ -133,7 +133,7 @@ async def buf_curl_error(
     return failure
 
 
-async def test_buf_curl_resolves_the_schema_by_reflection_falling_back_to_v1alpha(
+async def test_buf_curl_resolves_the_schema_by_reflection_v1_with_no_fallback(
     session_server: AppServer, jwt_settings: JwtSettings
 ) -> None:
     code, stdout, stderr = await run_buf(
@@ -146,10 +146,28 @@ async def test_buf_curl_resolves_the_schema_by_reflection_falling_back_to_v1alph
     assert code == 0, stderr
     assert json.loads(stdout)["status"] == "SESSION_STATUS_ACTIVE"
     assert 'Using server reflection to resolve "interview.sessions.v1.SessionService"' in stderr
-    # v1 is tried first and answers UNIMPLEMENTED; grpcio-reflection serves only v1alpha.
+    # v1 is tried first and answers: buf never falls back to v1alpha.
     assert "POST /grpc.reflection.v1.ServerReflection/ServerReflectionInfo" in stderr
-    assert "POST /grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo" in stderr
+    assert "v1alpha" not in stderr, stderr
     assert 'Server reflection has resolved file "interview/sessions/v1/sessions.proto"' in stderr
+
+
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+async def test_both_reflection_protocols_list_each_service(
+    session_server: AppServer, reputation_server: AppServer, protocol: str
+) -> None:
+    expected = {
+        session_server.port: {SESSIONS, "interview.sessions.v1.SessionInternalService"},
+        reputation_server.port: {"interview.reputation.v1.ReputationService"},
+    }
+    for port, services in expected.items():
+        code, stdout, stderr = await run_buf(
+            port, "", None, None, "--list-services", "--reflect-protocol", protocol
+        )
+        assert code == 0, stderr
+        listed = set(stdout.split())
+        assert services | {"grpc.health.v1.Health", "grpc.reflection.v1.ServerReflection"} <= listed, listed
+        assert "grpc.reflection.v1alpha.ServerReflection" in listed, listed
 
 
 async def test_solo_session_create_append_complete_retake_list(
