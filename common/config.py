@@ -217,10 +217,6 @@ def tls_settings(env: Mapping[str, str]) -> TlsSettings:
     return settings
 
 
-def environ() -> Mapping[str, str]:
-    return os.environ
-
-
 @dataclass(frozen=True)
 class Limits:
     """What one process takes on: calls in progress, and how long one statement may run."""

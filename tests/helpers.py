@@ -173,6 +173,13 @@ async def expect_error(call: Awaitable[object], code: grpc.StatusCode, reason: s
     raise AssertionError(f"expected {code.name} {reason}, the call succeeded")
 
 
+async def expect_reputation_error(call: Awaitable[object], code: grpc.StatusCode, reason: str) -> RichError:
+    """expect_error, and the error is the reputation service's own (its ErrorInfo domain)."""
+    error = await expect_error(call, code, reason)
+    assert error.domain == "interview.reputation", error
+    return error
+
+
 async def expect_invalid(call: Awaitable[object], *fields: str, domain: str) -> RichError:
     """Awaits a call that must fail INVALID_ARGUMENT from `domain`, naming exactly `fields` in its
     BadRequest, each with a description."""

@@ -12,7 +12,7 @@ from tests.helpers import (
     MALFORMED_UUIDS,
     confirm,
     create,
-    expect_error,
+    expect_reputation_error,
     get,
     get_confirmation,
     get_reputation,
@@ -70,12 +70,6 @@ def assert_completed(reply, session_id, owner, partner):
     assert reply.reputation_awarded is True
     assert reply.completion_pending is False
     assert reply.session_status == pb.SESSION_STATUS_COMPLETED
-
-
-async def expect_reputation_error(call, code, reason):
-    error = await expect_error(call, code, reason)
-    assert error.domain == DOMAIN, error
-    return error
 
 
 # --- First confirmation --------------------------------------------------------------------------

@@ -20,8 +20,8 @@ from tests.helpers import (
     SAMPLE_ID,
     confirm,
     create,
-    expect_error,
     expect_invalid,
+    expect_reputation_error,
     get_confirmation,
     get_reputation,
     list_events,
@@ -99,12 +99,6 @@ async def event_count(db, session_id, reason=None):
 
 async def ledger_sum(db, user):
     return await db.fetchval("SELECT coalesce(sum(delta), 0) FROM reputation.events WHERE user_id = $1", user)
-
-
-async def expect_reputation_error(call, code, reason):
-    error = await expect_error(call, code, reason)
-    assert error.domain == DOMAIN, error
-    return error
 
 
 @asynccontextmanager
