@@ -20,11 +20,11 @@ import json
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from common.client import tls_credentials
 from tests.helpers import outcome
 
 # How long an idle connection may take to become ready before it counts as refused.
@@ -37,8 +37,7 @@ def _channel(target: str, ca_file: str | None) -> grpc.aio.Channel:
     options = [("grpc.use_local_subchannel_pool", 1)]
     if ca_file is None:
         return grpc.aio.insecure_channel(target, options=options)
-    credentials = grpc.ssl_channel_credentials(Path(ca_file).read_bytes())
-    return grpc.aio.secure_channel(target, credentials, options=options)
+    return grpc.aio.secure_channel(target, tls_credentials(ca_file), options=options)
 
 
 async def _watch(stub: health_pb2_grpc.HealthStub, open_calls: list, counts: Counter[str]) -> None:

@@ -333,7 +333,9 @@ def within_100_ms(during_ms: list[float]) -> bool:
     return len(during_ms) >= 10 and sorted(during_ms)[len(during_ms) * 9 // 10] < 100
 
 
-def report(what: str, flooded: Flooded) -> None:
+def assert_bounded_and_answered(what: str, flooded: Flooded) -> Counter[str]:
+    """Reports the flood, asserts what every flood must leave (peak RSS under the bound, the
+    authenticated call answered during and after it) and returns the flooding side's counts."""
     ms = sorted(flooded.during_ms)
     print(
         f"{what}: {dict(flooded.opened['counts'])} in {flooded.opened['seconds']:.1f}s; "
@@ -344,6 +346,10 @@ def report(what: str, flooded: Flooded) -> None:
         f"after {[round(m, 1) for m in flooded.after_ms]} ms; "
         f"failures seen {flooded.opened['details']}"
     )
+    assert flooded.peak_rss < FLOOD_PEAK_RSS_MB, flooded.peak_rss
+    assert within_100_ms(flooded.during_ms), ms
+    assert min(flooded.after_ms) < 100, flooded.after_ms
+    return Counter(flooded.opened["counts"])
 
 
 FLOODED = [
@@ -357,8 +363,7 @@ async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bou
     package, tls, keys, database_url, jwt_settings, tmp_path
 ):
     flooded = await flood_a_service(package, "watch", keys, database_url, jwt_settings, tmp_path, tls)
-    report(f"20,000 Watch streams over 400 connections at {package}", flooded)
-    counts = Counter(flooded.opened["counts"])
+    counts = assert_bounded_and_answered(f"20,000 Watch streams over 400 connections at {package}", flooded)
     refused = counts["RESOURCE_EXHAUSTED OVERLOADED"]
     shed = counts["CANCELLED"]
     # Every stream came back: accepted up to the cap, refused by the service (logged) or, past the
@@ -372,9 +377,6 @@ async def test_a_flood_of_watch_streams_is_refused_past_the_cap_memory_stays_bou
         f'"method": "{WATCH}"' in line and '"code": "RESOURCE_EXHAUSTED"' in line for line in flooded.log
     )
     assert logged == refused
-    assert flooded.peak_rss < FLOOD_PEAK_RSS_MB, flooded.peak_rss
-    assert within_100_ms(flooded.during_ms), sorted(flooded.during_ms)
-    assert min(flooded.after_ms) < 100, flooded.after_ms
 
 
 @pytest.mark.parametrize("package, tls", FLOODED)
@@ -382,15 +384,11 @@ async def test_a_flood_of_idle_connections_is_bounded_and_calls_answer(
     package, tls, keys, database_url, jwt_settings, tmp_path
 ):
     flooded = await flood_a_service(package, "idle", keys, database_url, jwt_settings, tmp_path, tls)
-    report(f"5,000 idle connections at {package}", flooded)
-    counts = Counter(flooded.opened["counts"])
+    counts = assert_bounded_and_answered(f"5,000 idle connections at {package}", flooded)
     assert sum(counts.values()) == 5_000
     # Up to the connection bound (less the sampler's own connection) they are served; past it they
     # are closed at once and never become ready.
     assert 0 < counts["READY"] <= MAX_CONNECTIONS, counts
-    assert flooded.peak_rss < FLOOD_PEAK_RSS_MB, flooded.peak_rss
-    assert within_100_ms(flooded.during_ms), sorted(flooded.during_ms)
-    assert min(flooded.after_ms) < 100, flooded.after_ms
 
 
 # --- 2c: reflection streams ----------------------------------------------------------------------------
