@@ -3,9 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
-PROTOS := $(shell find protos -name '*.proto' | sort)
+PROTOS := $(shell find protos -name '*.proto' -not -path 'protos/google/*' | sort)
 
-.PHONY: run test gen token proto-baseline bench compose-test
+.PHONY: run test gen token proto-baseline proto-bundle bench compose-test interop-test
 
 $(READY): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,30 @@ bench: $(READY)
 # (a new major version, or before the first release); never to silence `buf breaking`.
 proto-baseline: $(READY)
 	$(BIN)/buf build protos -o protos/baseline.binpb
+
+# The contract other teams take: the protos with google/rpc, buf.gen.yaml for Go, Java and
+# TypeScript, and service-config.json (retry policy, default deadline). See the README.
+BUNDLE ?= dist/interview-contract.tar.gz
+BUNDLED := protos/README.md protos/buf.yaml protos/interview protos/google buf.gen.yaml service-config.json
+proto-bundle: $(READY)
+	$(BIN)/buf build protos -o /dev/null
+	mkdir -p $(dir $(BUNDLE))
+	tar -czf $(BUNDLE) --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 $(BUNDLED)
+	@echo "wrote $(BUNDLE)"
+
+# Clients in Go and TypeScript against real servers. Installs its toolchains: Go, its gRPC
+# libraries and the protoc plugins from Debian (no Go module proxy here; needs root), protoc and
+# grpc-java's plugin for the Java output, and the npm packages of interop/ts/package-lock.json.
+# golang-github-golang-protobuf-1-5-dev: grpc-go 1.33's codec goes through it, and the 1.3 release
+# Debian installs by default cannot read what protoc-gen-go 1.28 generates.
+INTEROP_DEBS := golang-go golang-google-grpc-dev golang-google-genproto-dev golang-google-protobuf-dev \
+  golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc \
+  protobuf-compiler protobuf-compiler-grpc-java-plugin
+interop-test: $(READY)
+	dpkg -s $(INTEROP_DEBS) >/dev/null 2>&1 || { apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(INTEROP_DEBS); }
+	npm ci --prefix interop/ts --no-audit --no-fund --loglevel=error
+	$(BIN)/python -m pytest --interop tests/interop $(PYTEST_ARGS)
 
 # Needs a Docker engine (on our machines: eval "$$(../shared/tools/containers/up)"). Builds, brings
 # docker-compose.yml up, runs the end-to-end and fault scenarios, and always tears it down.

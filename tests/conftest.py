@@ -29,7 +29,7 @@ from tests.helpers import ServiceKeys, StackKeys, service_metadata, user_metadat
 
 
 class EmittedReasons(logging.Handler):
-    """Collects (package, reason) from every call log line of the in-process servers."""
+    """Collects (method, reason) from every call log line of the in-process servers."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -38,11 +38,10 @@ class EmittedReasons(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         line = record.msg
         if isinstance(line, dict) and line.get("reason") and str(line.get("method", "")).count("/") == 2:
-            package = line["method"].split("/")[1].rsplit(".", 1)[0]
             # Refused health and reflection streams carry the serving service's domain, whose
             # enum the contract test checks through that service's own calls.
-            if package.startswith("interview."):
-                self.seen.add((package, line["reason"]))
+            if line["method"].startswith("/interview."):
+                self.seen.add((line["method"], line["reason"]))
 
 
 EMITTED_REASONS = EmittedReasons()
@@ -52,6 +51,17 @@ def pytest_configure(config: pytest.Config) -> None:
     rpc_log = logging.getLogger("rpc")
     rpc_log.setLevel(logging.INFO)
     rpc_log.addHandler(EMITTED_REASONS)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--interop", action="store_true", help="run tests/interop (make interop-test)")
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """tests/interop needs toolchains `make test` does not install; `make interop-test` runs it."""
+    if collection_path == Path(__file__).parent / "interop" and not config.getoption("interop"):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -57,7 +57,13 @@ def test_renaming_a_field_is_reported_as_breaking(tmp_path):
 
 def test_removing_an_rpc_is_reported_as_breaking(tmp_path):
     protos = _copy_of_protos(tmp_path)
-    _edit(protos, "  rpc ListRetakes(ListRetakesRequest) returns (ListRetakesResponse);\n", "")
+    rpc = (
+        "  rpc ListRetakes(ListRetakesRequest) returns (ListRetakesResponse) {\n"
+        '    option (interview.errors.v1.reasons) = "INVALID_ARGUMENT";\n'
+        '    option (interview.errors.v1.reasons) = "SESSION_NOT_FOUND";\n'
+        "  }\n"
+    )
+    _edit(protos, rpc, "")
     result = _buf("breaking", str(protos), "--against", str(ROOT / "protos/baseline.binpb"))
     assert result.returncode != 0
     assert "ListRetakes" in result.stdout

@@ -1,4 +1,4 @@
-"""A first confirmation needs the session service: when it is down, nothing is recorded."""
+"""A first confirmation (or rating) needs the session service: when it is down, nothing is recorded."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ async def _closed_port() -> int:
     return port
 
 
-async def test_a_first_confirmation_while_the_session_service_is_down_is_unavailable_and_records_nothing(
+async def test_a_first_confirmation_or_a_rating_while_the_session_service_is_down_records_nothing(
     database_url, keys, jwt_settings, db
 ):
     app = reputation_api.create_server(
@@ -38,13 +38,20 @@ async def test_a_first_confirmation_while_the_session_service_is_down_is_unavail
                     rpb.GetConfirmationRequest(session_id=session_id),
                     metadata=user_metadata(jwt_settings, user),
                 ),
+                stub.RatePartner(
+                    rpb.RatePartnerRequest(session_id=session_id, rating=5, request_id=new_id()),
+                    metadata=user_metadata(jwt_settings, user),
+                ),
             ):
                 error = await expect_error(call, grpc.StatusCode.UNAVAILABLE, "SESSIONS_UNAVAILABLE")
                 assert error.domain == "interview.reputation"
                 assert error.metadata == {"session_id": session_id}
     finally:
         await app.stop(grace=1)
-    for table in ("paired_sessions", "confirmations", "confirmation_requests"):
-        column = "user_id" if table == "confirmation_requests" else "session_id"
-        value = user if table == "confirmation_requests" else session_id
+    for table, column, value in (
+        ("paired_sessions", "session_id", session_id),
+        ("confirmations", "session_id", session_id),
+        ("confirmation_requests", "user_id", user),
+        ("ratings", "session_id", session_id),
+    ):
         assert await db.fetchval(f"SELECT count(*) FROM reputation.{table} WHERE {column} = $1", value) == 0

@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from interview.errors.v1 import errors_pb2 as interview_dot_errors_dot_v1_dot_errors__pb2
 from interview.sessions.v1 import sessions_pb2 as interview_dot_sessions_dot_v1_dot_sessions__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(interview/reputation/v1/reputation.proto\x12\x17interview.reputation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a$interview/sessions/v1/sessions.proto\"\xc4\x02\n\x0c\x43onfirmation\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63onfirmed_user_ids\x18\x02 \x03(\t\x12\x16\n\x0e\x62oth_confirmed\x18\x03 \x01(\x08\x12\x1a\n\x12reputation_awarded\x18\x04 \x01(\x08\x12<\n\x0esession_status\x18\x05 \x01(\x0e\x32$.interview.sessions.v1.SessionStatus\x12\x1a\n\x12\x63ompletion_pending\x18\x06 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61pped_user_ids\x18\x08 \x03(\t\x12\x1a\n\x12\x63losed_unconfirmed\x18\t \x01(\x08\x12\x10\n\x08reversed\x18\n \x01(\x08\"\xa7\x01\n\nReputation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x03\x12\x1a\n\x12\x63onfirmed_sessions\x18\x03 \x01(\x03\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crating_count\x18\x05 \x01(\x03\x12\x16\n\x0e\x61verage_rating\x18\x06 \x01(\x01\"\xa6\x01\n\x0fReputationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x07 \x01(\t\"]\n\x12RatePartnerRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xa3\x01\n\rPartnerRating\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rrater_user_id\x18\x02 \x01(\t\x12\x15\n\rrated_user_id\x18\x03 \x01(\t\x12\x0e\n\x06rating\x18\x04 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ListPartnerRatingsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x1aListPartnerRatingsResponse\x12\x37\n\x07ratings\x18\x01 \x03(\x0b\x32&.interview.reputation.v1.PartnerRating\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x16ListLeaderboardRequest\x12:\n\x06period\x18\x01 \x01(\x0e\x32*.interview.reputation.v1.LeaderboardPeriod\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"@\n\x10LeaderboardEntry\x12\x0c\n\x04rank\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x03\"\xa0\x01\n\x17ListLeaderboardResponse\x12:\n\x07\x65ntries\x18\x01 \x03(\x0b\x32).interview.reputation.v1.LeaderboardEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x18\x43onfirmCompletionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\",\n\x16GetConfirmationRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x14GetReputationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"U\n\x1bListReputationEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x1cListReputationEventsResponse\x12\x38\n\x06\x65vents\x18\x01 \x03(\x0b\x32(.interview.reputation.v1.ReputationEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x1bReverseSessionAwardsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"X\n\x1cReverseSessionAwardsResponse\x12\x38\n\x06\x65vents\x18\x01 \x03(\x0b\x32(.interview.reputation.v1.ReputationEvent*\xa0\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x01\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x02\x12\"\n\x1e\x45RROR_REASON_SESSION_NOT_FOUND\x10\x03\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x04\x12%\n!ERROR_REASON_NOT_A_PAIRED_SESSION\x10\x05\x12*\n&ERROR_REASON_SESSION_ALREADY_COMPLETED\x10\x06\x12%\n!ERROR_REASON_SESSIONS_UNAVAILABLE\x10\x07\x12%\n!ERROR_REASON_DATABASE_UNAVAILABLE\x10\x08\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\t\x12\x1b\n\x17\x45RROR_REASON_OVERLOADED\x10\n\x12+\n\'ERROR_REASON_CONFIRMATION_WINDOW_CLOSED\x10\x0b\x12\x1c\n\x18\x45RROR_REASON_NOT_AWARDED\x10\x0c\x12\"\n\x1e\x45RROR_REASON_NOT_CONFIRMED_YET\x10\r\x12\x1e\n\x1a\x45RROR_REASON_ALREADY_RATED\x10\x0e*\x93\x01\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x01\x12\x1c\n\x18LEADERBOARD_PERIOD_MONTH\x10\x02\x12\x1f\n\x1bLEADERBOARD_PERIOD_ALL_TIME\x10\x03\x32\xb1\x06\n\x11ReputationService\x12m\n\x11\x43onfirmCompletion\x12\x31.interview.reputation.v1.ConfirmCompletionRequest\x1a%.interview.reputation.v1.Confirmation\x12i\n\x0fGetConfirmation\x12/.interview.reputation.v1.GetConfirmationRequest\x1a%.interview.reputation.v1.Confirmation\x12\x63\n\rGetReputation\x12-.interview.reputation.v1.GetReputationRequest\x1a#.interview.reputation.v1.Reputation\x12\x83\x01\n\x14ListReputationEvents\x12\x34.interview.reputation.v1.ListReputationEventsRequest\x1a\x35.interview.reputation.v1.ListReputationEventsResponse\x12\x62\n\x0bRatePartner\x12+.interview.reputation.v1.RatePartnerRequest\x1a&.interview.reputation.v1.PartnerRating\x12}\n\x12ListPartnerRatings\x12\x32.interview.reputation.v1.ListPartnerRatingsRequest\x1a\x33.interview.reputation.v1.ListPartnerRatingsResponse\x12t\n\x0fListLeaderboard\x12/.interview.reputation.v1.ListLeaderboardRequest\x1a\x30.interview.reputation.v1.ListLeaderboardResponse2\xa1\x01\n\x19ReputationInternalService\x12\x83\x01\n\x14ReverseSessionAwards\x12\x34.interview.reputation.v1.ReverseSessionAwardsRequest\x1a\x35.interview.reputation.v1.ReverseSessionAwardsResponseB\xda\x01\n#com.interviewplatform.reputation.v1B\x0fReputationProtoP\x01ZPgithub.com/interview-platform/protos/gen/go/interview/reputation/v1;reputationv1\xaa\x02\x17Interview.Reputation.V1\xca\x02\x17Interview\\Reputation\\V1\xea\x02\x19Interview::Reputation::V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(interview/reputation/v1/reputation.proto\x12\x17interview.reputation.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a interview/errors/v1/errors.proto\x1a$interview/sessions/v1/sessions.proto\"\xc4\x02\n\x0c\x43onfirmation\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x1a\n\x12\x63onfirmed_user_ids\x18\x02 \x03(\t\x12\x16\n\x0e\x62oth_confirmed\x18\x03 \x01(\x08\x12\x1a\n\x12reputation_awarded\x18\x04 \x01(\x08\x12<\n\x0esession_status\x18\x05 \x01(\x0e\x32$.interview.sessions.v1.SessionStatus\x12\x1a\n\x12\x63ompletion_pending\x18\x06 \x01(\x08\x12/\n\x0b\x65xpire_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61pped_user_ids\x18\x08 \x03(\t\x12\x1a\n\x12\x63losed_unconfirmed\x18\t \x01(\x08\x12\x10\n\x08reversed\x18\n \x01(\x08\"\xa7\x01\n\nReputation\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x03\x12\x1a\n\x12\x63onfirmed_sessions\x18\x03 \x01(\x03\x12/\n\x0bupdate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crating_count\x18\x05 \x01(\x03\x12\x16\n\x0e\x61verage_rating\x18\x06 \x01(\x01\"\xa6\x01\n\x0fReputationEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\r\n\x05\x64\x65lta\x18\x04 \x01(\x05\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04note\x18\x07 \x01(\t\"]\n\x12RatePartnerRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06rating\x18\x02 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\"\xa3\x01\n\rPartnerRating\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rrater_user_id\x18\x02 \x01(\t\x12\x15\n\rrated_user_id\x18\x03 \x01(\t\x12\x0e\n\x06rating\x18\x04 \x01(\x05\x12\x0f\n\x07\x63omment\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x19ListPartnerRatingsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"n\n\x1aListPartnerRatingsResponse\x12\x37\n\x07ratings\x18\x01 \x03(\x0b\x32&.interview.reputation.v1.PartnerRating\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"{\n\x16ListLeaderboardRequest\x12:\n\x06period\x18\x01 \x01(\x0e\x32*.interview.reputation.v1.LeaderboardPeriod\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"@\n\x10LeaderboardEntry\x12\x0c\n\x04rank\x18\x01 \x01(\x03\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x03\"\xa0\x01\n\x17ListLeaderboardResponse\x12:\n\x07\x65ntries\x18\x01 \x03(\x0b\x32).interview.reputation.v1.LeaderboardEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"B\n\x18\x43onfirmCompletionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\t\",\n\x16GetConfirmationRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x14GetReputationRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"U\n\x1bListReputationEventsRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"q\n\x1cListReputationEventsResponse\x12\x38\n\x06\x65vents\x18\x01 \x03(\x0b\x32(.interview.reputation.v1.ReputationEvent\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"U\n\x1bReverseSessionAwardsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"X\n\x1cReverseSessionAwardsResponse\x12\x38\n\x06\x65vents\x18\x01 \x03(\x0b\x32(.interview.reputation.v1.ReputationEvent*\xa0\x04\n\x0b\x45rrorReason\x12\x1c\n\x18\x45RROR_REASON_UNSPECIFIED\x10\x00\x12 \n\x1c\x45RROR_REASON_UNAUTHENTICATED\x10\x01\x12\"\n\x1e\x45RROR_REASON_PERMISSION_DENIED\x10\x02\x12\"\n\x1e\x45RROR_REASON_SESSION_NOT_FOUND\x10\x03\x12!\n\x1d\x45RROR_REASON_INVALID_ARGUMENT\x10\x04\x12%\n!ERROR_REASON_NOT_A_PAIRED_SESSION\x10\x05\x12*\n&ERROR_REASON_SESSION_ALREADY_COMPLETED\x10\x06\x12%\n!ERROR_REASON_SESSIONS_UNAVAILABLE\x10\x07\x12%\n!ERROR_REASON_DATABASE_UNAVAILABLE\x10\x08\x12\x19\n\x15\x45RROR_REASON_INTERNAL\x10\t\x12\x1b\n\x17\x45RROR_REASON_OVERLOADED\x10\n\x12+\n\'ERROR_REASON_CONFIRMATION_WINDOW_CLOSED\x10\x0b\x12\x1c\n\x18\x45RROR_REASON_NOT_AWARDED\x10\x0c\x12\"\n\x1e\x45RROR_REASON_NOT_CONFIRMED_YET\x10\r\x12\x1e\n\x1a\x45RROR_REASON_ALREADY_RATED\x10\x0e*\x93\x01\n\x11LeaderboardPeriod\x12\"\n\x1eLEADERBOARD_PERIOD_UNSPECIFIED\x10\x00\x12\x1b\n\x17LEADERBOARD_PERIOD_WEEK\x10\x01\x12\x1c\n\x18LEADERBOARD_PERIOD_MONTH\x10\x02\x12\x1f\n\x1bLEADERBOARD_PERIOD_ALL_TIME\x10\x03\x32\xdd\n\n\x11ReputationService\x12\x84\x02\n\x11\x43onfirmCompletion\x12\x31.interview.reputation.v1.ConfirmCompletionRequest\x1a%.interview.reputation.v1.Confirmation\"\x94\x01\xca\xf3\x18\x10INVALID_ARGUMENT\xca\xf3\x18\x11SESSION_NOT_FOUND\xca\xf3\x18\x14NOT_A_PAIRED_SESSION\xca\xf3\x18\x19SESSION_ALREADY_COMPLETED\xca\xf3\x18\x1a\x43ONFIRMATION_WINDOW_CLOSED\xca\xf3\x18\x14SESSIONS_UNAVAILABLE\x12\xc4\x01\n\x0fGetConfirmation\x12/.interview.reputation.v1.GetConfirmationRequest\x1a%.interview.reputation.v1.Confirmation\"Y\xca\xf3\x18\x10INVALID_ARGUMENT\xca\xf3\x18\x11SESSION_NOT_FOUND\xca\xf3\x18\x14NOT_A_PAIRED_SESSION\xca\xf3\x18\x14SESSIONS_UNAVAILABLE\x12y\n\rGetReputation\x12-.interview.reputation.v1.GetReputationRequest\x1a#.interview.reputation.v1.Reputation\"\x14\xca\xf3\x18\x10INVALID_ARGUMENT\x12\x99\x01\n\x14ListReputationEvents\x12\x34.interview.reputation.v1.ListReputationEventsRequest\x1a\x35.interview.reputation.v1.ListReputationEventsResponse\"\x14\xca\xf3\x18\x10INVALID_ARGUMENT\x12\xe3\x01\n\x0bRatePartner\x12+.interview.reputation.v1.RatePartnerRequest\x1a&.interview.reputation.v1.PartnerRating\"\x7f\xca\xf3\x18\x10INVALID_ARGUMENT\xca\xf3\x18\x11SESSION_NOT_FOUND\xca\xf3\x18\x14NOT_A_PAIRED_SESSION\xca\xf3\x18\x11NOT_CONFIRMED_YET\xca\xf3\x18\rALREADY_RATED\xca\xf3\x18\x14SESSIONS_UNAVAILABLE\x12\x93\x01\n\x12ListPartnerRatings\x12\x32.interview.reputation.v1.ListPartnerRatingsRequest\x1a\x33.interview.reputation.v1.ListPartnerRatingsResponse\"\x14\xca\xf3\x18\x10INVALID_ARGUMENT\x12\x8a\x01\n\x0fListLeaderboard\x12/.interview.reputation.v1.ListLeaderboardRequest\x1a\x30.interview.reputation.v1.ListLeaderboardResponse\"\x14\xca\xf3\x18\x10INVALID_ARGUMENT\x1aZ\xca\xf3\x18\x0fUNAUTHENTICATED\xca\xf3\x18\x11PERMISSION_DENIED\xca\xf3\x18\x14\x44\x41TABASE_UNAVAILABLE\xca\xf3\x18\x08INTERNAL\xca\xf3\x18\nOVERLOADED2\xb7\x02\n\x19ReputationInternalService\x12\xbd\x01\n\x14ReverseSessionAwards\x12\x34.interview.reputation.v1.ReverseSessionAwardsRequest\x1a\x35.interview.reputation.v1.ReverseSessionAwardsResponse\"8\xca\xf3\x18\x10INVALID_ARGUMENT\xca\xf3\x18\x11SESSION_NOT_FOUND\xca\xf3\x18\x0bNOT_AWARDED\x1aZ\xca\xf3\x18\x0fUNAUTHENTICATED\xca\xf3\x18\x11PERMISSION_DENIED\xca\xf3\x18\x14\x44\x41TABASE_UNAVAILABLE\xca\xf3\x18\x08INTERNAL\xca\xf3\x18\nOVERLOADEDB\xda\x01\n#com.interviewplatform.reputation.v1B\x0fReputationProtoP\x01ZPgithub.com/interview-platform/protos/gen/go/interview/reputation/v1;reputationv1\xaa\x02\x17Interview.Reputation.V1\xca\x02\x17Interview\\Reputation\\V1\xea\x02\x19Interview::Reputation::V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,46 +35,66 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'interview.reputation.v1.rep
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n#com.interviewplatform.reputation.v1B\017ReputationProtoP\001ZPgithub.com/interview-platform/protos/gen/go/interview/reputation/v1;reputationv1\252\002\027Interview.Reputation.V1\312\002\027Interview\\Reputation\\V1\352\002\031Interview::Reputation::V1'
-  _globals['_ERRORREASON']._serialized_start=2136
-  _globals['_ERRORREASON']._serialized_end=2680
-  _globals['_LEADERBOARDPERIOD']._serialized_start=2683
-  _globals['_LEADERBOARDPERIOD']._serialized_end=2830
-  _globals['_CONFIRMATION']._serialized_start=141
-  _globals['_CONFIRMATION']._serialized_end=465
-  _globals['_REPUTATION']._serialized_start=468
-  _globals['_REPUTATION']._serialized_end=635
-  _globals['_REPUTATIONEVENT']._serialized_start=638
-  _globals['_REPUTATIONEVENT']._serialized_end=804
-  _globals['_RATEPARTNERREQUEST']._serialized_start=806
-  _globals['_RATEPARTNERREQUEST']._serialized_end=899
-  _globals['_PARTNERRATING']._serialized_start=902
-  _globals['_PARTNERRATING']._serialized_end=1065
-  _globals['_LISTPARTNERRATINGSREQUEST']._serialized_start=1067
-  _globals['_LISTPARTNERRATINGSREQUEST']._serialized_end=1133
-  _globals['_LISTPARTNERRATINGSRESPONSE']._serialized_start=1135
-  _globals['_LISTPARTNERRATINGSRESPONSE']._serialized_end=1245
-  _globals['_LISTLEADERBOARDREQUEST']._serialized_start=1247
-  _globals['_LISTLEADERBOARDREQUEST']._serialized_end=1370
-  _globals['_LEADERBOARDENTRY']._serialized_start=1372
-  _globals['_LEADERBOARDENTRY']._serialized_end=1436
-  _globals['_LISTLEADERBOARDRESPONSE']._serialized_start=1439
-  _globals['_LISTLEADERBOARDRESPONSE']._serialized_end=1599
-  _globals['_CONFIRMCOMPLETIONREQUEST']._serialized_start=1601
-  _globals['_CONFIRMCOMPLETIONREQUEST']._serialized_end=1667
-  _globals['_GETCONFIRMATIONREQUEST']._serialized_start=1669
-  _globals['_GETCONFIRMATIONREQUEST']._serialized_end=1713
-  _globals['_GETREPUTATIONREQUEST']._serialized_start=1715
-  _globals['_GETREPUTATIONREQUEST']._serialized_end=1754
-  _globals['_LISTREPUTATIONEVENTSREQUEST']._serialized_start=1756
-  _globals['_LISTREPUTATIONEVENTSREQUEST']._serialized_end=1841
-  _globals['_LISTREPUTATIONEVENTSRESPONSE']._serialized_start=1843
-  _globals['_LISTREPUTATIONEVENTSRESPONSE']._serialized_end=1956
-  _globals['_REVERSESESSIONAWARDSREQUEST']._serialized_start=1958
-  _globals['_REVERSESESSIONAWARDSREQUEST']._serialized_end=2043
-  _globals['_REVERSESESSIONAWARDSRESPONSE']._serialized_start=2045
-  _globals['_REVERSESESSIONAWARDSRESPONSE']._serialized_end=2133
-  _globals['_REPUTATIONSERVICE']._serialized_start=2833
-  _globals['_REPUTATIONSERVICE']._serialized_end=3650
-  _globals['_REPUTATIONINTERNALSERVICE']._serialized_start=3653
-  _globals['_REPUTATIONINTERNALSERVICE']._serialized_end=3814
+  _globals['_REPUTATIONSERVICE']._loaded_options = None
+  _globals['_REPUTATIONSERVICE']._serialized_options = b'\312\363\030\017UNAUTHENTICATED\312\363\030\021PERMISSION_DENIED\312\363\030\024DATABASE_UNAVAILABLE\312\363\030\010INTERNAL\312\363\030\nOVERLOADED'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ConfirmCompletion']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ConfirmCompletion']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT\312\363\030\021SESSION_NOT_FOUND\312\363\030\024NOT_A_PAIRED_SESSION\312\363\030\031SESSION_ALREADY_COMPLETED\312\363\030\032CONFIRMATION_WINDOW_CLOSED\312\363\030\024SESSIONS_UNAVAILABLE'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['GetConfirmation']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['GetConfirmation']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT\312\363\030\021SESSION_NOT_FOUND\312\363\030\024NOT_A_PAIRED_SESSION\312\363\030\024SESSIONS_UNAVAILABLE'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['GetReputation']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['GetReputation']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ListReputationEvents']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ListReputationEvents']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['RatePartner']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['RatePartner']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT\312\363\030\021SESSION_NOT_FOUND\312\363\030\024NOT_A_PAIRED_SESSION\312\363\030\021NOT_CONFIRMED_YET\312\363\030\rALREADY_RATED\312\363\030\024SESSIONS_UNAVAILABLE'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ListPartnerRatings']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ListPartnerRatings']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT'
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ListLeaderboard']._loaded_options = None
+  _globals['_REPUTATIONSERVICE'].methods_by_name['ListLeaderboard']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT'
+  _globals['_REPUTATIONINTERNALSERVICE']._loaded_options = None
+  _globals['_REPUTATIONINTERNALSERVICE']._serialized_options = b'\312\363\030\017UNAUTHENTICATED\312\363\030\021PERMISSION_DENIED\312\363\030\024DATABASE_UNAVAILABLE\312\363\030\010INTERNAL\312\363\030\nOVERLOADED'
+  _globals['_REPUTATIONINTERNALSERVICE'].methods_by_name['ReverseSessionAwards']._loaded_options = None
+  _globals['_REPUTATIONINTERNALSERVICE'].methods_by_name['ReverseSessionAwards']._serialized_options = b'\312\363\030\020INVALID_ARGUMENT\312\363\030\021SESSION_NOT_FOUND\312\363\030\013NOT_AWARDED'
+  _globals['_ERRORREASON']._serialized_start=2170
+  _globals['_ERRORREASON']._serialized_end=2714
+  _globals['_LEADERBOARDPERIOD']._serialized_start=2717
+  _globals['_LEADERBOARDPERIOD']._serialized_end=2864
+  _globals['_CONFIRMATION']._serialized_start=175
+  _globals['_CONFIRMATION']._serialized_end=499
+  _globals['_REPUTATION']._serialized_start=502
+  _globals['_REPUTATION']._serialized_end=669
+  _globals['_REPUTATIONEVENT']._serialized_start=672
+  _globals['_REPUTATIONEVENT']._serialized_end=838
+  _globals['_RATEPARTNERREQUEST']._serialized_start=840
+  _globals['_RATEPARTNERREQUEST']._serialized_end=933
+  _globals['_PARTNERRATING']._serialized_start=936
+  _globals['_PARTNERRATING']._serialized_end=1099
+  _globals['_LISTPARTNERRATINGSREQUEST']._serialized_start=1101
+  _globals['_LISTPARTNERRATINGSREQUEST']._serialized_end=1167
+  _globals['_LISTPARTNERRATINGSRESPONSE']._serialized_start=1169
+  _globals['_LISTPARTNERRATINGSRESPONSE']._serialized_end=1279
+  _globals['_LISTLEADERBOARDREQUEST']._serialized_start=1281
+  _globals['_LISTLEADERBOARDREQUEST']._serialized_end=1404
+  _globals['_LEADERBOARDENTRY']._serialized_start=1406
+  _globals['_LEADERBOARDENTRY']._serialized_end=1470
+  _globals['_LISTLEADERBOARDRESPONSE']._serialized_start=1473
+  _globals['_LISTLEADERBOARDRESPONSE']._serialized_end=1633
+  _globals['_CONFIRMCOMPLETIONREQUEST']._serialized_start=1635
+  _globals['_CONFIRMCOMPLETIONREQUEST']._serialized_end=1701
+  _globals['_GETCONFIRMATIONREQUEST']._serialized_start=1703
+  _globals['_GETCONFIRMATIONREQUEST']._serialized_end=1747
+  _globals['_GETREPUTATIONREQUEST']._serialized_start=1749
+  _globals['_GETREPUTATIONREQUEST']._serialized_end=1788
+  _globals['_LISTREPUTATIONEVENTSREQUEST']._serialized_start=1790
+  _globals['_LISTREPUTATIONEVENTSREQUEST']._serialized_end=1875
+  _globals['_LISTREPUTATIONEVENTSRESPONSE']._serialized_start=1877
+  _globals['_LISTREPUTATIONEVENTSRESPONSE']._serialized_end=1990
+  _globals['_REVERSESESSIONAWARDSREQUEST']._serialized_start=1992
+  _globals['_REVERSESESSIONAWARDSREQUEST']._serialized_end=2077
+  _globals['_REVERSESESSIONAWARDSRESPONSE']._serialized_start=2079
+  _globals['_REVERSESESSIONAWARDSRESPONSE']._serialized_end=2167
+  _globals['_REPUTATIONSERVICE']._serialized_start=2867
+  _globals['_REPUTATIONSERVICE']._serialized_end=4240
+  _globals['_REPUTATIONINTERNALSERVICE']._serialized_start=4243
+  _globals['_REPUTATIONINTERNALSERVICE']._serialized_end=4554
 # @@protoc_insertion_point(module_scope)

@@ -122,7 +122,7 @@ class SessionServiceServicer:
 
     def PauseSession(self, request, context):
         """ACTIVE -> PAUSED, by either participant.
-        Reasons: SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -130,7 +130,7 @@ class SessionServiceServicer:
 
     def ResumeSession(self, request, context):
         """PAUSED -> ACTIVE, by either participant.
-        Reasons: SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -138,7 +138,7 @@ class SessionServiceServicer:
 
     def CompleteSession(self, request, context):
         """ACTIVE or PAUSED -> COMPLETED, by the owner of a solo session; sets complete_time.
-        Reasons: SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
         SESSION_ALREADY_COMPLETED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -148,7 +148,7 @@ class SessionServiceServicer:
     def RetakeSession(self, request, context):
         """Starts a new ACTIVE solo session chained to a COMPLETED one, by its owner:
         same job posting, original_session_id = the chain's root, next retake number.
-        Reasons: SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
         MISSING_JOB_POSTING. A repeated request_id returns the first call's session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

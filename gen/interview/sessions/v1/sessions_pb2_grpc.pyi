@@ -51,21 +51,21 @@ class SessionServiceStub:
     """
     PauseSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.PauseSessionRequest, _sessions_pb2.Session]
     """ACTIVE -> PAUSED, by either participant.
-    Reasons: SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
     """
     ResumeSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.ResumeSessionRequest, _sessions_pb2.Session]
     """PAUSED -> ACTIVE, by either participant.
-    Reasons: SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
     """
     CompleteSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.CompleteSessionRequest, _sessions_pb2.Session]
     """ACTIVE or PAUSED -> COMPLETED, by the owner of a solo session; sets complete_time.
-    Reasons: SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
     SESSION_ALREADY_COMPLETED.
     """
     RetakeSession: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.RetakeSessionRequest, _sessions_pb2.Session]
     """Starts a new ACTIVE solo session chained to a COMPLETED one, by its owner:
     same job posting, original_session_id = the chain's root, next retake number.
-    Reasons: SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
     MISSING_JOB_POSTING. A repeated request_id returns the first call's session.
     """
     ListRetakes: _grpc.UnaryUnaryMultiCallable[_sessions_pb2.ListRetakesRequest, _sessions_pb2.ListRetakesResponse]
@@ -107,21 +107,21 @@ class SessionServiceAsyncStub(SessionServiceStub):
     """
     PauseSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.PauseSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     """ACTIVE -> PAUSED, by either participant.
-    Reasons: SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
     """
     ResumeSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.ResumeSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     """PAUSED -> ACTIVE, by either participant.
-    Reasons: SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
     """
     CompleteSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.CompleteSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     """ACTIVE or PAUSED -> COMPLETED, by the owner of a solo session; sets complete_time.
-    Reasons: SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
     SESSION_ALREADY_COMPLETED.
     """
     RetakeSession: _aio.UnaryUnaryMultiCallable[_sessions_pb2.RetakeSessionRequest, _sessions_pb2.Session]  # type: ignore[assignment]
     """Starts a new ACTIVE solo session chained to a COMPLETED one, by its owner:
     same job posting, original_session_id = the chain's root, next retake number.
-    Reasons: SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
+    Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
     MISSING_JOB_POSTING. A repeated request_id returns the first call's session.
     """
     ListRetakes: _aio.UnaryUnaryMultiCallable[_sessions_pb2.ListRetakesRequest, _sessions_pb2.ListRetakesResponse]  # type: ignore[assignment]
@@ -184,7 +184,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.Session, _abc.Awaitable[_sessions_pb2.Session]]:
         """ACTIVE -> PAUSED, by either participant.
-        Reasons: SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_ACTIVE, SESSION_ALREADY_COMPLETED.
         """
 
     @_abc_1.abstractmethod
@@ -194,7 +194,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.Session, _abc.Awaitable[_sessions_pb2.Session]]:
         """PAUSED -> ACTIVE, by either participant.
-        Reasons: SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, SESSION_NOT_PAUSED, SESSION_ALREADY_COMPLETED.
         """
 
     @_abc_1.abstractmethod
@@ -204,7 +204,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_sessions_pb2.Session, _abc.Awaitable[_sessions_pb2.Session]]:
         """ACTIVE or PAUSED -> COMPLETED, by the owner of a solo session; sets complete_time.
-        Reasons: SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, MUTUAL_CONFIRMATION_REQUIRED (paired session),
         SESSION_ALREADY_COMPLETED.
         """
 
@@ -216,7 +216,7 @@ class SessionServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_sessions_pb2.Session, _abc.Awaitable[_sessions_pb2.Session]]:
         """Starts a new ACTIVE solo session chained to a COMPLETED one, by its owner:
         same job posting, original_session_id = the chain's root, next retake number.
-        Reasons: SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
+        Reasons: INVALID_ARGUMENT, SESSION_NOT_FOUND, PERMISSION_DENIED (partner), SESSION_NOT_COMPLETED,
         MISSING_JOB_POSTING. A repeated request_id returns the first call's session.
         """
 
