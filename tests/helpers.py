@@ -1,6 +1,6 @@
 """Test helpers: fresh ids, tokens as metadata, the services' calls as one-liners, walking pages,
 decoding rich errors, reading call logs and metrics, waiting on conditions, running programs
-(grpcurl among them).
+(grpcurl among them, and `make run`).
 
 The call helpers take the stub, then the call metadata (`as_user(owner)`, `as_service`, ...), then
 the request's fields; each returns the reply (or, for an error, raises as the stub does)."""
@@ -8,15 +8,18 @@ the request's fields; each returns the reply (or, for an error, raises as the st
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
 import urllib.request
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -243,6 +246,83 @@ async def wait_for_delivery_marks(db: asyncpg.Pool, session_ids: Sequence[str], 
         return bool(delivered == len(session_ids))
 
     await wait_for(marked, within=within, what=f"the delivery marks of {len(session_ids)} sessions")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+MAKE_RUN_READY_SECONDS = 90
+
+
+def make_run_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The environment of a `make run` under test: this process's without any setting of the
+    stack's own (as an operator's shell has none), DATA_DIR, metrics on free ports, `settings`."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("TLS_", "JWT_", "SERVICE_", "PAGE_TOKEN_", "OTEL_"))
+        and not key.endswith("_DATABASE_URL")
+    }
+    env.update(
+        DATA_DIR=str(data_dir), SESSION_METRICS_LISTEN="127.0.0.1:0", REPUTATION_METRICS_LISTEN="127.0.0.1:0"
+    )
+    env.update(settings)
+    return env
+
+
+@contextlib.asynccontextmanager
+async def make_run(env: dict[str, str]) -> AsyncIterator[list[str]]:
+    """The real `make run` target as a process group with `env`, once it says it is ready; yields
+    its output lines so far (and to come). Stops it as Ctrl-C does and checks that every process
+    and the embedded PostgreSQL are gone."""
+    process = await asyncio.create_subprocess_exec(
+        "make",
+        "-s",
+        "-C",
+        str(ROOT),
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        start_new_session=True,
+    )
+    lines: list[str] = []
+
+    async def read() -> None:
+        assert process.stdout is not None
+        async for line in process.stdout:
+            lines.append(line.decode(errors="replace").rstrip())
+
+    async def ready() -> bool:
+        assert process.returncode is None, lines[-10:]
+        return any(line.startswith("ready") for line in lines)
+
+    reader = asyncio.create_task(read())
+    try:
+        await wait_for(ready, within=MAKE_RUN_READY_SECONDS, what="make run to say it is ready")
+        yield lines
+    finally:
+        # Ctrl-C's signal to the whole foreground group: make, the stack and the services stop, the
+        # embedded PostgreSQL with them.
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already (a failed start)
+            os.killpg(process.pid, signal.SIGINT)
+        await asyncio.wait_for(process.wait(), 60)
+        await reader
+
+        async def all_gone() -> bool:
+            try:
+                os.killpg(process.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        await wait_for(all_gone, within=30, what=f"make run's processes to exit: {lines[-5:]}")
+        assert not (Path(env["DATA_DIR"]) / "pg" / "postmaster.pid").exists(), lines[-10:]
+
+
+async def make_token(env: dict[str, str], user: str) -> str:
+    """`make token USER=<user>` for the `make run` stack of `env`."""
+    done = await run_program("make", "-s", "-C", str(ROOT), "token", f"USER={user}", within=60, env=env)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 async def run_program(

@@ -5,12 +5,8 @@ client without a certificate is refused at the handshake, and a paired confirmat
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import datetime
 import ipaddress
-import os
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,10 +23,7 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from bench.procs import free_port
 from common.client import tls_credentials
-from tests.helpers import new_id, run_program, wait_for
-
-ROOT = Path(__file__).resolve().parents[1]
-READY_SECONDS = 90
+from tests.helpers import make_run, make_run_env, make_token, new_id
 
 
 @dataclass(frozen=True)
@@ -108,79 +101,24 @@ def operator_pki(directory: Path) -> OperatorPki:
     return pki
 
 
-async def make_token(env: dict[str, str], user: str) -> str:
-    done = await run_program("make", "-s", "-C", str(ROOT), "token", f"USER={user}", within=60, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 @pytest.fixture
 async def operator_stack(tmp_path: Path):
     """`make run` with the operator's TLS_* files; yields (env, pki, session target, reputation target)."""
     pki = operator_pki(tmp_path / "operator-pki")
     data_dir = tmp_path / "data"
     session, reputation = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("TLS_", "JWT_", "SERVICE_", "PAGE_TOKEN_", "OTEL_"))
-        and not key.endswith("_DATABASE_URL")
-    }
-    env.update(
-        DATA_DIR=str(data_dir),
+    env = make_run_env(
+        data_dir,
         SESSION_LISTEN=session,
         REPUTATION_LISTEN=reputation,
-        SESSION_METRICS_LISTEN="127.0.0.1:0",
-        REPUTATION_METRICS_LISTEN="127.0.0.1:0",
         TLS_CERT_FILE=str(pki.server_cert),
         TLS_KEY_FILE=str(pki.server_key),
         TLS_CLIENT_CA_FILE=str(pki.ca),
         TLS_CA_FILE=str(pki.ca),
     )
-    process = await asyncio.create_subprocess_exec(
-        "make",
-        "-s",
-        "-C",
-        str(ROOT),
-        "run",
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,
-    )
-    lines: list[str] = []
-
-    async def read() -> None:
-        assert process.stdout is not None
-        async for line in process.stdout:
-            lines.append(line.decode(errors="replace").rstrip())
-
-    async def ready() -> bool:
-        assert process.returncode is None, lines[-10:]
-        return any(line.startswith("ready") for line in lines)
-
-    reader = asyncio.create_task(read())
-    try:
-        await wait_for(ready, within=READY_SECONDS, what="make run to say it is ready")
+    async with make_run(env) as lines:
         assert not (data_dir / "tls").exists(), "make run made development certificates"
         yield env, pki, session, reputation, lines
-    finally:
-        # Ctrl-C's signal to the whole foreground group: make, the stack and the services stop, the
-        # embedded PostgreSQL with them.
-        with contextlib.suppress(ProcessLookupError):  # it may have exited already (a failed start)
-            os.killpg(process.pid, signal.SIGINT)
-        await asyncio.wait_for(process.wait(), 60)
-        await reader
-
-        async def all_gone() -> bool:
-            try:
-                os.killpg(process.pid, 0)
-            except ProcessLookupError:
-                return True
-            return False
-
-        await wait_for(all_gone, within=30, what=f"make run's processes to exit: {lines[-5:]}")
-        assert not (data_dir / "pg" / "postmaster.pid").exists(), lines[-10:]
 
 
 async def test_make_run_serves_mutual_tls_on_the_operators_own_certificates(operator_stack):
