@@ -59,16 +59,17 @@ proto-bundle: $(READY)
 	tar -czf $(BUNDLE) --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 $(BUNDLED)
 	@echo "wrote $(BUNDLE)"
 
-# Clients in Go and TypeScript, and the README's grpcurl recipes verbatim, against real servers
+# Clients in Go, TypeScript and Java, and the README's grpcurl recipes verbatim, against real servers
 # (the recipes on `make run`'s default ports). Installs its toolchains: Go, its gRPC
-# libraries and the protoc plugins from Debian (no Go module proxy here; needs root), protoc and
-# grpc-java's plugin for the Java output, jq for the README's recipes, and the npm packages of
-# interop/ts/package-lock.json.
+# libraries and the protoc plugins from Debian (no Go module proxy here; needs root), protoc,
+# grpc-java's plugin, a JDK and grpc-java's jars (no Maven repository either), jq for the
+# README's recipes, and the npm packages of interop/ts/package-lock.json.
 # golang-github-golang-protobuf-1-5-dev: grpc-go 1.33's codec goes through it, and the 1.3 release
 # Debian installs by default cannot read what protoc-gen-go 1.28 generates.
 INTEROP_DEBS := golang-go golang-google-grpc-dev golang-google-genproto-dev golang-google-protobuf-dev \
   golang-github-golang-protobuf-1-5-dev protoc-gen-go protoc-gen-go-grpc \
-  protobuf-compiler protobuf-compiler-grpc-java-plugin jq
+  protobuf-compiler protobuf-compiler-grpc-java-plugin jq \
+  openjdk-17-jdk-headless libgrpc-java libprotobuf-java libnetty-java libperfmark-java libgeronimo-annotation-1.3-spec-java
 interop-test: $(READY)
 	dpkg -s $(INTEROP_DEBS) >/dev/null 2>&1 || { apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(INTEROP_DEBS); }

@@ -1,5 +1,6 @@
-"""Callers in other languages: clients in Go and TypeScript, generated with the shipped buf.gen.yaml,
-run the solo lifecycle and a paired confirmation against real servers (`make interop-test`)."""
+"""Callers in other languages: clients in Go, TypeScript and Java, generated with the shipped
+buf.gen.yaml, run the solo lifecycle and a paired confirmation against real servers
+(`make interop-test`)."""
 
 from __future__ import annotations
 
@@ -23,11 +24,23 @@ ROOT = Path(__file__).resolve().parents[2]
 BUF = str(Path(sys.executable).with_name("buf"))
 TS = ROOT / "interop/ts"
 GO = ROOT / "interop/go"
+JAVA = ROOT / "interop/java"
 # The Go layout of go_package: the contract bundle's root is module github.com/interview-platform/protos.
 GO_ROOT = Path("src/github.com/interview-platform/protos")
 # Debian installs grpc-java's plugin as grpc_java_plugin; buf.gen.yaml uses the conventional name.
 GRPC_JAVA_PLUGIN = "/usr/bin/grpc_java_plugin"
 CLIENT_TIMEOUT_SECONDS = 120
+# grpc-java 1.41 and protobuf-java 3.21 as Debian packages them (no Maven repository is reachable
+# here); geronimo-annotation only to compile the stubs' @javax.annotation.Generated.
+JARS = [
+    f"/usr/share/java/{name}.jar"
+    for name in (
+        "protobuf grpc-api grpc-context grpc-core grpc-stub grpc-protobuf grpc-protobuf-lite grpc-netty"
+        " guava perfmark-api netty-common netty-buffer netty-transport netty-resolver netty-codec"
+        " netty-codec-http netty-codec-http2 netty-handler"
+    ).split()
+]
+COMPILE_ONLY_JARS = ["/usr/share/java/geronimo-annotation-1.3-spec.jar"]
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +86,20 @@ def typescript_client(generated: Path) -> list[str]:
     return ["node", str(TS / "dist/client.js")]
 
 
+@pytest.fixture(scope="session")
+def java_client(generated: Path, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    # com.google.rpc: what Maven's proto-google-common-protos holds, which Debian does not package.
+    rpc = tmp_path_factory.mktemp("java-google-rpc")
+    protos = ["google/rpc/status.proto", "google/rpc/error_details.proto"]
+    subprocess.run(["protoc", "-Iprotos", f"--java_out={rpc}", *protos], cwd=ROOT, check=True)
+    classes = tmp_path_factory.mktemp("java-classes")
+    generated_java = (generated / GO_ROOT / "gen/java").rglob("*.java")
+    sources = [*generated_java, *rpc.rglob("*.java"), JAVA / "Client.java"]
+    classpath = os.pathsep.join(JARS + COMPILE_ONLY_JARS)
+    subprocess.run(["javac", "-d", str(classes), "-cp", classpath, *map(str, sources)], check=True)
+    return ["java", "-cp", os.pathsep.join([str(classes), *JARS]), "Client"]
+
+
 async def _run(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     """Runs a client (the servers answer it from this event loop) and returns the JSON it printed."""
     process = await asyncio.create_subprocess_exec(
@@ -83,7 +110,7 @@ async def _run(command: list[str], env: dict[str, str]) -> dict[str, Any]:
     return json.loads(stdout)
 
 
-@pytest.fixture(params=["go", "typescript"])
+@pytest.fixture(params=["go", "typescript", "java"])
 def client(request: pytest.FixtureRequest) -> list[str]:
     return request.getfixturevalue(f"{request.param}_client")
 
