@@ -51,11 +51,11 @@ class Job:
 class Result:
     calls: int = 0  # successful calls that finished inside the window
     errors: int = 0
-    latencies: array = field(default_factory=lambda: array("d"))
+    latencies: array[float] = field(default_factory=lambda: array("d"))
     # Calls the server refused at once (RESOURCE_EXHAUSTED OVERLOADED: at its MAX_CONCURRENT_RPCS)
     # inside the window, and how long each refusal took: not errors; the caller sends its next call.
     refused: int = 0
-    refused_latencies: array = field(default_factory=lambda: array("d"))
+    refused_latencies: array[float] = field(default_factory=lambda: array("d"))
     exhausted: bool = False  # ran out of pre-created rows before the window ended
     sizes: list[tuple[int, int]] = field(default_factory=list)  # (request, reply) bytes, sampled
     error: str = ""

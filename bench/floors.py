@@ -49,16 +49,18 @@ class Echo(grpc.GenericRpcHandler):
     """Answers "/bench.Echo/<n>" with n bytes, whatever it is sent."""
 
     def __init__(self) -> None:
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         method = handler_call_details.method
         if not method.startswith(ECHO_SERVICE):
             return None
         if method not in self._handlers:
             reply = b"\x01" * int(method[len(ECHO_SERVICE) :])
 
-            async def echo(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
                 return reply
 
             self._handlers[method] = grpc.unary_unary_rpc_method_handler(echo)
@@ -107,10 +109,10 @@ def fused_handlers(pools: sqlpaths.Pools) -> list[grpc.GenericRpcHandler]:
     settings = jwt_settings(os.environ)
     key = jwt.get_algorithm_by_name(settings.algorithm).prepare_key(settings.key)
 
-    def handler(scenario: str) -> grpc.RpcMethodHandler:
+    def handler(scenario: str) -> grpc.RpcMethodHandler[Any, Any]:
         path = sqlpaths.PATHS[scenario]
 
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             token = str(dict(context.invocation_metadata() or ()).get("authorization", "")).partition(" ")[2]
             try:
                 claims = jwt.decode(
@@ -140,7 +142,7 @@ def fused_handlers(pools: sqlpaths.Pools) -> list[grpc.GenericRpcHandler]:
             response_serializer=spec.response.SerializeToString,
         )
 
-    services: dict[str, dict[str, grpc.RpcMethodHandler]] = {}
+    services: dict[str, dict[str, grpc.RpcMethodHandler[Any, Any]]] = {}
     for name, spec in SCENARIOS.items():
         service, method = spec.method.strip("/").split("/")
         services.setdefault(service, {})[method] = handler(name)

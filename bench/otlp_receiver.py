@@ -33,7 +33,11 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
         self.resources: list[dict[str, str]] = []
 
     async def Export(
-        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.aio.ServicerContext
+        self,
+        request: trace_service_pb2.ExportTraceServiceRequest,
+        context: grpc.aio.ServicerContext[
+            trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse
+        ],
     ) -> trace_service_pb2.ExportTraceServiceResponse:
         for resource_spans in request.resource_spans:
             spans = sum(len(scope_spans.spans) for scope_spans in resource_spans.scope_spans)
@@ -47,7 +51,7 @@ class Receiver(trace_service_pb2_grpc.TraceServiceServicer):
 def count_handler(receiver: Receiver) -> grpc.GenericRpcHandler:
     """COUNT_METHOD: bytes in (ignored), the counts out, no protobuf either way."""
 
-    async def count(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+    async def count(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
         return json.dumps(receiver.spans).encode()
 
     service, method = COUNT_METHOD.strip("/").split("/")

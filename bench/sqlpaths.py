@@ -68,7 +68,8 @@ async def _row(db: Db, statement: Query, **params: Any) -> asyncpg.Record:
 
 
 async def _rows(db: Db, statement: Query, **params: Any) -> list[asyncpg.Record]:
-    return await db.fetch(statement.sql, *statement.args(params))
+    rows: list[asyncpg.Record] = await db.fetch(statement.sql, *statement.args(params))
+    return rows
 
 
 def _visible(row: asyncpg.Record, caller: str) -> asyncpg.Record:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,14 +139,14 @@ class Requests:
     """Builds the call number `k` of a scenario: (calling user id, request message)."""
 
     def __init__(self, scenario: str, data: Data, page_secret: bytes, seed: int) -> None:
-        self._build = getattr(self, "_" + scenario)
+        self._build: Callable[[int], tuple[str, Any]] = getattr(self, "_" + scenario)  # _GetSession, ...
         self._data = data
         self._tokens = PageTokens(page_secret)
         self._random = random.Random(seed)
         self._users = users_of(data.set_size)
 
     def __call__(self, k: int) -> tuple[str, Any]:
-        return self._build(k)  # type: ignore[no-any-return]
+        return self._build(k)
 
     def _read_set_session(self, active_only: bool) -> tuple[str, str]:
         size = self._data.set_size

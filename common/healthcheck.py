@@ -28,7 +28,8 @@ def serving(target: str, tls: TlsSettings) -> bool:
             )
     except grpc.RpcError:
         return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
+    answered_serving: bool = reply.status == health_pb2.HealthCheckResponse.SERVING  # grpc_health is untyped
+    return answered_serving
 
 
 def main(argv: list[str]) -> int:

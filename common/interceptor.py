@@ -8,7 +8,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, cast
 
 import grpc
 
@@ -20,7 +20,12 @@ from common.status import rich_status
 
 log = logging.getLogger("rpc")
 
-Handler = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+# What a grpc.aio server's handlers really are. grpc's stubs type RpcMethodHandler's behaviours for
+# the sync server (a grpc.ServicerContext, a plain return or Iterator): under grpc.aio they are
+# coroutine functions, or async generators for streams, given a grpc.aio.ServicerContext.
+Handler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+# A stream's: an async generator that yields the replies, or a coroutine that writes them.
+StreamHandler = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any] | Awaitable[None]]
 # The unauthenticated streams (health Watch, reflection) and how many of each a process keeps
 # open: without a bound, a flood of them grows memory without end.
 CAPPED_STREAMS = {
@@ -59,13 +64,13 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._max_in_flight = max_in_flight
         self._in_flight = 0
         self._streams = dict.fromkeys(CAPPED_STREAMS, 0)
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
         cached = self._wrapped.get(method)
         if cached is not None:
@@ -81,7 +86,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 return handler
             # The request arrives as bytes and is parsed inside the call, after authentication.
             wrapped = grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, access, handler.unary_unary, handler.request_deserializer),
+                self._wrap(method, access, cast(Handler, handler.unary_unary), handler.request_deserializer),
                 request_deserializer=None,
                 response_serializer=handler.response_serializer,
             )
@@ -93,7 +98,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     ) -> Handler:
         message = method.rsplit("/", 1)[-1] + "Request"
 
-        async def call(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        async def call(raw: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
             code = "OK"
             reason = None
@@ -137,10 +142,10 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             except Exception:
                 # The trace's id when traced: the one id that finds both the log and the trace.
                 correlation_id = tracing.trace_id() or uuid.uuid4().hex
-                error = ServiceError("internal error", correlation_id=correlation_id)
+                internal = ServiceError("internal error", correlation_id=correlation_id)
                 log.exception("unhandled error in %s [%s]", method, correlation_id)
-                code, reason = error.code, error.reason
-                await _abort(context, rich_status(error, self._domain))
+                code, reason = internal.code, internal.reason
+                await _abort(context, rich_status(internal, self._domain))
             finally:
                 if admitted:
                     self._in_flight -= 1
@@ -148,7 +153,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
-    def _capped_stream(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _capped_stream(
+        self, method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
         """The handler of an unauthenticated stream, refused with RESOURCE_EXHAUSTED OVERLOADED once
         its per-process cap is reached.
 
@@ -159,9 +166,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         # Built once: a flood of these is refused with the very same status.
         refusal = rich_status(Overloaded(limit), self._domain)
         unary_request = handler.unary_stream is not None
-        behavior = handler.unary_stream if unary_request else handler.stream_stream
+        behavior = cast(StreamHandler, handler.unary_stream if unary_request else handler.stream_stream)
 
-        async def capped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+        async def capped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             if self._streams[method] >= limit:
                 self._log(method, "RESOURCE_EXHAUSTED", Overloaded.reason, 0.0, None)
                 await _abort(context, refusal)
@@ -206,7 +213,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         log.info(line)
 
 
-async def _abort(context: grpc.aio.ServicerContext, status: grpc.Status) -> NoReturn:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], status: grpc.Status) -> NoReturn:
     """Ends the call with `status` (its google.rpc.Status rides in the trailing metadata).
 
     What abort_with_status does, but through `abort` itself: with tracing on, `context` is

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from typing import cast
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 
 # From a cached read (well under a millisecond) to a call that waited out the pool timeout.
 DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -37,11 +39,12 @@ class Metrics:
             buckets=DURATION_BUCKETS,
             registry=self.registry,
         )
-        # engine.pool is looked up at each scrape: dispose() swaps the pool object.
+        # engine.pool is looked up at each scrape: dispose() swaps the pool object. A QueuePool (the
+        # AsyncAdaptedQueuePool common.db.create_engine's pool_size gets), which counts its checkouts.
         self.gauge(
             "db_pool_connections_in_use",
             "Database connections checked out of the pool.",
-            lambda: engine.pool.checkedout(),  # type: ignore[attr-defined]
+            lambda: cast(QueuePool, engine.pool).checkedout(),
         )
         self._children: dict[tuple[str, str], tuple[Counter, Histogram]] = {}
         self._http: tuple[WSGIServer, threading.Thread] | None = None

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Mapping
 from importlib import resources
-from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
@@ -60,7 +59,9 @@ def _add_v1_descriptor() -> None:
     pool.AddSerializedFile(file.SerializeToString())
 
 
-async def _once(request: reflection_pb2.ServerReflectionRequest) -> AsyncIterator[Any]:
+async def _once(
+    request: reflection_pb2.ServerReflectionRequest,
+) -> AsyncIterator[reflection_pb2.ServerReflectionRequest]:
     yield request
 
 
@@ -72,7 +73,11 @@ class DocumentedReflection(reflection_pb2_grpc.ServerReflectionServicer):
         self._documented = documented
 
     async def ServerReflectionInfo(
-        self, request_iterator: Any, context: grpc.aio.ServicerContext
+        self,
+        request_iterator: AsyncIterator[reflection_pb2.ServerReflectionRequest],
+        context: grpc.aio.ServicerContext[
+            reflection_pb2.ServerReflectionRequest, reflection_pb2.ServerReflectionResponse
+        ],
     ) -> AsyncIterator[reflection_pb2.ServerReflectionResponse]:
         async for request in request_iterator:
             # One request at a time: the library answers each with exactly one response.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 from asyncpg import Record
 from grpc import aio
@@ -42,7 +43,7 @@ def confirmation_pb(view: confirming.View) -> pb.Confirmation:
     state = view.state
     reply = pb.Confirmation(
         session_id=view.session_id,
-        session_status=STATUS_NUMBERS[view.status],  # type: ignore[arg-type]
+        session_status=STATUS_NUMBERS[view.status],
         completion_pending=view.completion_pending,
         expire_time=timestamp(view.expire_time),
     )
@@ -79,7 +80,7 @@ def event_pb(row: Record) -> pb.ReputationEvent:
     )
 
 
-def _session_call_timeout(context: aio.ServicerContext, configured: float) -> float:
+def _session_call_timeout(context: aio.ServicerContext[Any, Any], configured: float) -> float:
     """The deadline of a call to the session service made for `context`'s call: what is left of
     the caller's own deadline, at most SESSION_SERVICE_TIMEOUT_SECONDS."""
     remaining = context.time_remaining()
@@ -106,7 +107,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         self._timeout = timeout
 
     async def ConfirmCompletion(
-        self, request: pb.ConfirmCompletionRequest, context: aio.ServicerContext
+        self,
+        request: pb.ConfirmCompletionRequest,
+        context: aio.ServicerContext[pb.ConfirmCompletionRequest, pb.Confirmation],
     ) -> pb.Confirmation:
         caller = current_user_id()
         fields = Fields()
@@ -126,7 +129,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         return confirmation_pb(view)
 
     async def GetConfirmation(
-        self, request: pb.GetConfirmationRequest, context: aio.ServicerContext
+        self,
+        request: pb.GetConfirmationRequest,
+        context: aio.ServicerContext[pb.GetConfirmationRequest, pb.Confirmation],
     ) -> pb.Confirmation:
         caller = current_user_id()
         fields = Fields()
@@ -143,7 +148,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         return confirmation_pb(view)
 
     async def GetReputation(
-        self, request: pb.GetReputationRequest, context: aio.ServicerContext
+        self,
+        request: pb.GetReputationRequest,
+        context: aio.ServicerContext[pb.GetReputationRequest, pb.Reputation],
     ) -> pb.Reputation:
         fields = Fields()
         user_id = fields.optional_uuid("user_id", request.user_id) or current_user_id()
@@ -162,7 +169,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         )
 
     async def ListReputationEvents(
-        self, request: pb.ListReputationEventsRequest, context: aio.ServicerContext
+        self,
+        request: pb.ListReputationEventsRequest,
+        context: aio.ServicerContext[pb.ListReputationEventsRequest, pb.ListReputationEventsResponse],
     ) -> pb.ListReputationEventsResponse:
         caller = current_user_id()
         fields = Fields()
@@ -179,7 +188,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         )
 
     async def RatePartner(
-        self, request: pb.RatePartnerRequest, context: aio.ServicerContext
+        self,
+        request: pb.RatePartnerRequest,
+        context: aio.ServicerContext[pb.RatePartnerRequest, pb.PartnerRating],
     ) -> pb.PartnerRating:
         caller = current_user_id()
         fields = Fields()
@@ -205,7 +216,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         return rating_pb(row)
 
     async def ListPartnerRatings(
-        self, request: pb.ListPartnerRatingsRequest, context: aio.ServicerContext
+        self,
+        request: pb.ListPartnerRatingsRequest,
+        context: aio.ServicerContext[pb.ListPartnerRatingsRequest, pb.ListPartnerRatingsResponse],
     ) -> pb.ListPartnerRatingsResponse:
         caller = current_user_id()
         fields = Fields()
@@ -221,7 +234,9 @@ class ReputationApi(pb_grpc.ReputationServiceServicer):
         )
 
     async def ListLeaderboard(
-        self, request: pb.ListLeaderboardRequest, context: aio.ServicerContext
+        self,
+        request: pb.ListLeaderboardRequest,
+        context: aio.ServicerContext[pb.ListLeaderboardRequest, pb.ListLeaderboardResponse],
     ) -> pb.ListLeaderboardResponse:
         caller = current_user_id()
         fields = Fields()
@@ -258,7 +273,9 @@ class ModerationApi(pb_grpc.ReputationInternalServiceServicer):
         self._db = db
 
     async def ReverseSessionAwards(
-        self, request: pb.ReverseSessionAwardsRequest, context: aio.ServicerContext
+        self,
+        request: pb.ReverseSessionAwardsRequest,
+        context: aio.ServicerContext[pb.ReverseSessionAwardsRequest, pb.ReverseSessionAwardsResponse],
     ) -> pb.ReverseSessionAwardsResponse:
         fields = Fields()
         session_id = fields.uuid("session_id", request.session_id)

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 
-from common.errors import FailedPrecondition, ServiceError, SessionNotFound
+from common.errors import FailedPrecondition, ServiceError
+from common.errors import SessionNotFound as SessionNotFound  # re-exported: raised as domain.SessionNotFound
 
 ACTIVE, PAUSED, COMPLETED = "active", "paused", "completed"
 REVERSAL = "REVERSAL"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import cast
 
 import grpc
 from google.rpc import error_details_pb2
@@ -68,7 +69,9 @@ class PassedOn(ServiceError):
 def _passed_on(error: grpc.aio.AioRpcError, session_id: str) -> ServiceError:
     if error.code() in TRANSIENT:
         return SessionsUnavailable(session_id, error.code().name)
-    status = rpc_status.from_call(error)
+    # from_call reads code() and trailing_metadata(), which AioRpcError answers as a grpc.Call does;
+    # the stubs take only grpc.Call.
+    status = rpc_status.from_call(cast(grpc.Call, error))
     info = error_details_pb2.ErrorInfo()
     for detail in status.details if status is not None else ():
         if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):

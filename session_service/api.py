@@ -47,7 +47,7 @@ def session_pb(row: Record) -> pb.Session:
         user_id=str(row["user_id"]),
         partner_user_id=_text(row["partner_user_id"]),
         job_posting_id=_text(row["job_posting_id"]),
-        status=STATUS_NUMBERS[row["status"]],  # type: ignore[arg-type]
+        status=STATUS_NUMBERS[row["status"]],
         current_question_number=row["current_question_number"],
         retake_number=row["retake_number"],
         original_session_id=_text(row["original_session_id"]),
@@ -61,7 +61,7 @@ def message_pb(row: Record) -> pb.SessionMessage:
     return pb.SessionMessage(
         message_id=str(row["message_id"]),
         session_id=str(row["session_id"]),
-        role=ROLE_NUMBERS[row["role"]],  # type: ignore[arg-type]
+        role=ROLE_NUMBERS[row["role"]],
         content=row["content"],
         question_number=row["question_number"],
         create_time=timestamp(row["create_time"]),
@@ -83,7 +83,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         self._tokens = tokens
 
     async def CreateSession(
-        self, request: pb.CreateSessionRequest, context: aio.ServicerContext
+        self,
+        request: pb.CreateSessionRequest,
+        context: aio.ServicerContext[pb.CreateSessionRequest, pb.Session],
     ) -> pb.Session:
         caller = current_user_id()
         fields = Fields()
@@ -97,13 +99,17 @@ class SessionApi(pb_grpc.SessionServiceServicer):
             row = await store.create_session(conn, caller, job_posting_id, partner, request_id)
         return session_pb(row)
 
-    async def GetSession(self, request: pb.GetSessionRequest, context: aio.ServicerContext) -> pb.Session:
+    async def GetSession(
+        self, request: pb.GetSessionRequest, context: aio.ServicerContext[pb.GetSessionRequest, pb.Session]
+    ) -> pb.Session:
         session_id = _session_id(request)
         async with connection(self._db) as conn:
             return session_pb(await store.get_session(conn, session_id, current_user_id()))
 
     async def ListSessions(
-        self, request: pb.ListSessionsRequest, context: aio.ServicerContext
+        self,
+        request: pb.ListSessionsRequest,
+        context: aio.ServicerContext[pb.ListSessionsRequest, pb.ListSessionsResponse],
     ) -> pb.ListSessionsResponse:
         caller = current_user_id()
         fields = Fields()
@@ -127,21 +133,31 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         async with connection(self._db) as conn:
             return session_pb(await store.transition(conn, transition, session_id, current_user_id()))
 
-    async def PauseSession(self, request: pb.PauseSessionRequest, context: aio.ServicerContext) -> pb.Session:
+    async def PauseSession(
+        self,
+        request: pb.PauseSessionRequest,
+        context: aio.ServicerContext[pb.PauseSessionRequest, pb.Session],
+    ) -> pb.Session:
         return await self._transition(request, domain.PAUSE)
 
     async def ResumeSession(
-        self, request: pb.ResumeSessionRequest, context: aio.ServicerContext
+        self,
+        request: pb.ResumeSessionRequest,
+        context: aio.ServicerContext[pb.ResumeSessionRequest, pb.Session],
     ) -> pb.Session:
         return await self._transition(request, domain.RESUME)
 
     async def CompleteSession(
-        self, request: pb.CompleteSessionRequest, context: aio.ServicerContext
+        self,
+        request: pb.CompleteSessionRequest,
+        context: aio.ServicerContext[pb.CompleteSessionRequest, pb.Session],
     ) -> pb.Session:
         return await self._transition(request, domain.COMPLETE)
 
     async def RetakeSession(
-        self, request: pb.RetakeSessionRequest, context: aio.ServicerContext
+        self,
+        request: pb.RetakeSessionRequest,
+        context: aio.ServicerContext[pb.RetakeSessionRequest, pb.Session],
     ) -> pb.Session:
         fields = Fields()
         session_id = fields.uuid("session_id", request.session_id)
@@ -152,7 +168,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         return session_pb(row)
 
     async def ListRetakes(
-        self, request: pb.ListRetakesRequest, context: aio.ServicerContext
+        self,
+        request: pb.ListRetakesRequest,
+        context: aio.ServicerContext[pb.ListRetakesRequest, pb.ListRetakesResponse],
     ) -> pb.ListRetakesResponse:
         caller = current_user_id()
         fields = Fields()
@@ -167,7 +185,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         return pb.ListRetakesResponse(sessions=[session_pb(r) for r in rows[:limit]], next_page_token=token)
 
     async def AppendMessage(
-        self, request: pb.AppendMessageRequest, context: aio.ServicerContext
+        self,
+        request: pb.AppendMessageRequest,
+        context: aio.ServicerContext[pb.AppendMessageRequest, pb.SessionMessage],
     ) -> pb.SessionMessage:
         fields = Fields()
         session_id = fields.uuid("session_id", request.session_id)
@@ -184,7 +204,9 @@ class SessionApi(pb_grpc.SessionServiceServicer):
         return message_pb(row)
 
     async def ListMessages(
-        self, request: pb.ListMessagesRequest, context: aio.ServicerContext
+        self,
+        request: pb.ListMessagesRequest,
+        context: aio.ServicerContext[pb.ListMessagesRequest, pb.ListMessagesResponse],
     ) -> pb.ListMessagesResponse:
         caller = current_user_id()
         fields = Fields()
@@ -207,21 +229,27 @@ class InternalApi(pb_grpc.SessionInternalServiceServicer):
         self._db = db
 
     async def LookupSession(
-        self, request: pb.LookupSessionRequest, context: aio.ServicerContext
+        self,
+        request: pb.LookupSessionRequest,
+        context: aio.ServicerContext[pb.LookupSessionRequest, pb.Session],
     ) -> pb.Session:
         session_id = _session_id(request)
         async with connection(self._db) as conn:
             return session_pb(await store.get_session(conn, session_id, None))
 
     async def CompletePairedSession(
-        self, request: pb.CompletePairedSessionRequest, context: aio.ServicerContext
+        self,
+        request: pb.CompletePairedSessionRequest,
+        context: aio.ServicerContext[pb.CompletePairedSessionRequest, pb.Session],
     ) -> pb.Session:
         session_id = _session_id(request)
         async with connection(self._db) as conn:
             return session_pb(await store.transition(conn, domain.COMPLETE_PAIRED, session_id, None))
 
     async def ReleaseJobPosting(
-        self, request: pb.ReleaseJobPostingRequest, context: aio.ServicerContext
+        self,
+        request: pb.ReleaseJobPostingRequest,
+        context: aio.ServicerContext[pb.ReleaseJobPostingRequest, pb.ReleaseJobPostingResponse],
     ) -> pb.ReleaseJobPostingResponse:
         fields = Fields()
         job_posting_id = fields.uuid("job_posting_id", request.job_posting_id)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from common.errors import FailedPrecondition, PermissionDenied, ServiceError, SessionNotFound
+from common.errors import FailedPrecondition, PermissionDenied, ServiceError
+from common.errors import SessionNotFound as SessionNotFound  # re-exported: raised as domain.SessionNotFound
 
 ACTIVE, PAUSED, COMPLETED = "active", "paused", "completed"
 QUESTION, ANSWER = "question", "answer"

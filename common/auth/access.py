@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass
 
 from common.errors import PermissionDenied
@@ -50,13 +50,13 @@ class Access:
         if self.role is not None and self.role not in principal.roles:
             raise PermissionDenied(f"this service needs a service token with role {self.role}")
 
-    def enter(self, principal: Principal) -> object:
+    def enter(self, principal: Principal) -> Token[Principal]:
         self.check(principal)
         return _current.set(principal)
 
     @staticmethod
-    def leave(token: object) -> None:
-        _current.reset(token)  # type: ignore[arg-type]
+    def leave(token: Token[Principal]) -> None:
+        _current.reset(token)
 
 
 USERS = Access()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias, cast
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -17,12 +17,15 @@ from common.auth.verify import SERVICE_AUDIENCE, SERVICE_PREFIX, SERVICE_TOKEN_M
 if TYPE_CHECKING:
     from common.config import JwtSettings
 
+# The private keys a service token can be signed with (which of them algorithm_of accepts).
+ServiceKey: TypeAlias = ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
+
 SERVICE_TOKEN_TTL_SECONDS = 120
 # A token is replaced this long before it expires, so no call carries one about to lapse.
 SERVICE_TOKEN_REFRESH_MARGIN_SECONDS = 30
 
 
-def algorithm_of(private_key: Any) -> str:
+def algorithm_of(private_key: object) -> str:
     """The JWS algorithm a private key signs with: Ed25519 -> EdDSA, RSA -> RS256, P-256 -> ES256."""
     if isinstance(private_key, ed25519.Ed25519PrivateKey):
         return "EdDSA"
@@ -33,22 +36,20 @@ def algorithm_of(private_key: Any) -> str:
     raise ValueError("must be an Ed25519, RSA or P-256 private key")
 
 
-def load_private_key(pem: bytes) -> Any:
+def load_private_key(pem: bytes) -> ServiceKey:
     """A PEM private key usable for service tokens; ValueError says what is wrong with it."""
     try:
         key = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as error:
         raise ValueError(f"is not an unencrypted PEM private key ({error})") from None
-    algorithm_of(key)
-    return key
+    algorithm_of(key)  # ValueError for any other kind of key
+    return cast(ServiceKey, key)
 
 
-def public_jwk(private_key: Any, key_id: str) -> dict[str, Any]:
+def public_jwk(private_key: ServiceKey, key_id: str) -> dict[str, Any]:
     """The public half of `private_key` as a JWK, for the receivers' SERVICE_TOKEN_JWKS_FILE."""
     algorithm = algorithm_of(private_key)
-    jwk: dict[str, Any] = json.loads(
-        jwt.get_algorithm_by_name(algorithm).to_jwk(private_key.public_key())  # type: ignore[attr-defined]
-    )
+    jwk: dict[str, Any] = json.loads(jwt.get_algorithm_by_name(algorithm).to_jwk(private_key.public_key()))
     return {**jwk, "kid": key_id, "alg": algorithm, "use": "sig"}
 
 
@@ -59,7 +60,7 @@ class ServiceTokenSigner:
     def __init__(
         self,
         name: str,
-        private_key: Any,
+        private_key: ServiceKey,
         key_id: str,
         ttl_seconds: int = SERVICE_TOKEN_TTL_SECONDS,
         clock: Callable[[], float] = time.time,
