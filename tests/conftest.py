@@ -1,4 +1,6 @@
-"""Shared fixtures: one real PostgreSQL per test run, a fresh database, real servers on port 0."""
+"""Shared fixtures and pytest hooks: one real PostgreSQL per test run, a fresh database, real
+servers on port 0. The helpers they use live in tests/helpers.py and tests/servers.py; test code
+imports from those, never from here."""
 
 from __future__ import annotations
 
@@ -8,12 +10,10 @@ import secrets
 import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2_grpc
 
@@ -22,29 +22,14 @@ from common.config import JwtSettings
 from common.db import start_embedded, stop_embedded
 from common.migrations import migrate
 from reputation_service import api as reputation_api
-from reputation_service import config as reputation_config
-from session_service import api as session_api
-from session_service import config as session_config
-from tests.helpers import ServiceKeys, StackKeys, service_metadata, user_metadata, wait_for
-
-
-class EmittedReasons(logging.Handler):
-    """Collects (method, reason) from every call log line of the in-process servers."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.seen: set[tuple[str, str]] = set()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        line = record.msg
-        if isinstance(line, dict) and line.get("reason") and str(line.get("method", "")).count("/") == 2:
-            # Refused health and reflection streams carry the serving service's domain, whose
-            # enum the contract test checks through that service's own calls.
-            if line["method"].startswith("/interview."):
-                self.seen.add((line["method"], line["reason"]))
-
-
-EMITTED_REASONS = EmittedReasons()
+from tests.helpers import EMITTED_REASONS, ServiceKeys, StackKeys, service_metadata, user_metadata
+from tests.servers import (
+    new_database,
+    reputation_config_for,
+    sqlalchemy_url,
+    start_session_server,
+    wait_serving,
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -121,18 +106,6 @@ def postgres_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         shutil.rmtree(data_dir, ignore_errors=True)
 
 
-async def new_database(postgres_url: str, prefix: str) -> str:
-    """Creates an empty database on the server at `postgres_url`; returns its URL."""
-    name = f"{prefix}_{secrets.token_hex(6)}"
-    conn = await asyncpg.connect(postgres_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    base, _, query = postgres_url.partition("?")
-    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
-
-
 @pytest.fixture(scope="session")
 async def database_url(postgres_url: str) -> str:
     """A database made for this run and migrated, so runs never see each other's rows."""
@@ -148,46 +121,6 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
     pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4)
     yield pool
     await pool.close()
-
-
-def sqlalchemy_url(url: str) -> str:
-    return "postgresql+asyncpg://" + url.split("://", 1)[1]
-
-
-async def wait_serving(target: str) -> None:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-
-        async def serving() -> bool:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.aio.AioRpcError:
-                return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-        await wait_for(serving, within=15, what=f"{target} to report SERVING")
-
-
-def session_config_for(
-    database_url: str, keys: StackKeys, listen: str = "127.0.0.1:0", **overrides: Any
-) -> session_config.Config:
-    settings: dict[str, Any] = {
-        "listen": listen,
-        "database_url": sqlalchemy_url(database_url),
-        "jwt": keys.jwt,
-        "service_jwks_file": keys.service.jwks_file,
-        "page_token_secret": keys.page_token_secret,
-        "pool_size": 10,
-        "metrics_listen": "127.0.0.1:0",
-    }
-    return session_config.Config(**{**settings, **overrides})
-
-
-async def start_session_server(database_url: str, keys: StackKeys, listen: str) -> AppServer:
-    app = session_api.create_server(session_config_for(database_url, keys, listen))
-    await app.start()
-    await wait_serving(f"127.0.0.1:{app.port}")
-    return app
 
 
 @pytest.fixture(scope="session")
@@ -224,34 +157,6 @@ def as_service(service_keys: ServiceKeys) -> tuple[tuple[str, str], ...]:
 @pytest.fixture(scope="session")
 def internal(session_channel: grpc.aio.Channel) -> sessions_pb2_grpc.SessionInternalServiceStub:
     return sessions_pb2_grpc.SessionInternalServiceStub(session_channel)
-
-
-def reputation_config_for(
-    database_url: str, keys: StackKeys, session_target: str, **overrides: Any
-) -> reputation_config.Config:
-    """A reputation service configured for tests: a fast relay with short leases and backoff."""
-    settings: dict[str, Any] = {
-        # Caps off: most tests award one user many points in a day; the cap tests turn them on.
-        "pair_daily_award_limit": 0,
-        "user_daily_award_limit": 0,
-        "relay_interval": 0.1,
-        "outbox_lease": 2.0,
-        "relay_max_backoff": 0.5,
-        "session_service_timeout": 2.0,
-    }
-    settings.update(overrides)
-    return reputation_config.Config(
-        listen="127.0.0.1:0",
-        database_url=sqlalchemy_url(database_url),
-        jwt=keys.jwt,
-        session_service_target=session_target,
-        signing=keys.service.reputation,
-        page_token_secret=keys.page_token_secret,
-        service_jwks_file=keys.service.jwks_file,
-        pool_size=10,
-        metrics_listen="127.0.0.1:0",
-        **settings,
-    )
 
 
 @pytest.fixture(scope="session")

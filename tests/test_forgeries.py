@@ -26,8 +26,8 @@ from common.app import AppServer
 from common.config import JwtSettings
 from reputation_service import api as reputation_api
 from session_service import api as session_api
-from tests.conftest import reputation_config_for, session_config_for, wait_serving
-from tests.helpers import StackKeys, create, expect_error, new_id, new_private_key
+from tests.helpers import StackKeys, bearer, create, expect_error, new_id, new_private_key
+from tests.servers import reputation_config_for, session_config_for, wait_serving
 
 Metadata = tuple[tuple[str, str], ...]
 INTERNAL_ROLE = "sessions.internal"
@@ -37,10 +37,6 @@ PERMISSION_DENIED = (grpc.StatusCode.PERMISSION_DENIED, "PERMISSION_DENIED")
 # A trusted Ed25519 key of the test stack's SERVICE_TOKEN_JWKS_FILE, and one nobody trusts.
 TRUSTED_KID = "tests-key"
 OUTSIDER = new_private_key()
-
-
-def bearer(token: str) -> Metadata:
-    return (("authorization", "Bearer " + token),)
 
 
 def service_claims(

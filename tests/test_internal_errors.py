@@ -13,8 +13,8 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from reputation_service import api as reputation_api
 from session_service import api as session_api
-from tests.conftest import new_database, reputation_config_for, session_config_for
 from tests.helpers import expect_error, new_id, user_metadata
+from tests.servers import new_database, reputation_config_for, session_config_for
 
 
 @pytest.fixture(scope="module")

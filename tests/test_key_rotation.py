@@ -27,16 +27,18 @@ from interview.sessions.v1 import sessions_pb2_grpc as pb_grpc
 from common.auth.signing import public_jwk
 from common.config import JwtSettings
 from session_service import api as session_api
-from tests.conftest import session_config_for, wait_serving
 from tests.helpers import (
     StackKeys,
+    bearer,
     expect_error,
     new_id,
     new_private_key,
+    signed_service_token,
     user_metadata,
     wait_for,
     write_jwks,
 )
+from tests.servers import session_config_for, wait_serving
 
 Metadata = tuple[tuple[str, str], ...]
 # A removed key must stop working within this (the file is looked at about once a second).
@@ -49,17 +51,10 @@ def eddsa_settings(**where: Any) -> JwtSettings:
     return JwtSettings(algorithm="EdDSA", key="", issuer=ISSUER, audience=AUDIENCE, **where)
 
 
-def service_token(key: Any, kid: str, name: str = "rotator") -> Metadata:
-    now = int(time.time())
-    claims = {
-        "sub": f"service:{name}",
-        "iss": f"service:{name}",
-        "aud": "interview.internal",
-        "iat": now,
-        "exp": now + 120,
-        "roles": ["sessions.internal"],
-    }
-    return (("authorization", "Bearer " + jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})),)
+def rotator_token(key: Any, kid: str) -> Metadata:
+    """A sessions.internal service token of `service:rotator`, signed with `key` under `kid`, as
+    call metadata."""
+    return bearer(signed_service_token(key, kid, name="rotator"))
 
 
 @dataclass
@@ -314,7 +309,7 @@ async def test_the_service_jwks_file_gaining_a_key_accepts_it_at_once_and_losing
     jwks = tmp_path / "service-jwks.json"
     old, new = new_private_key(), new_private_key()
     write_jwks(jwks, {"caller-2024": old})
-    token_old, token_new = service_token(old, "caller-2024"), service_token(new, "caller-2025")
+    token_old, token_new = rotator_token(old, "caller-2024"), rotator_token(new, "caller-2025")
 
     async with session_server_with(database_url, keys, service_jwks_file=str(jwks)) as server:
         probe = await ServiceProbe.create(server, as_user(new_id()))
@@ -327,7 +322,7 @@ async def test_the_service_jwks_file_gaining_a_key_accepts_it_at_once_and_losing
 
         write_jwks(jwks, {"caller-2025": new})
         await refused_within(probe, token_old, "the service token of the removed key")
-        assert not await probe.accepted(service_token(old, "caller-2024")), "a fresh token of the old key"
+        assert not await probe.accepted(rotator_token(old, "caller-2024")), "a fresh token of the old key"
         assert await probe.accepted(token_new)
 
 
@@ -365,7 +360,7 @@ async def test_a_service_key_rotation_never_lets_a_user_key_in(database_url, key
             grpc.StatusCode.UNAUTHENTICATED,
             "UNAUTHENTICATED",
         )
-        assert await probe.accepted(service_token(trusted, "trusted"))
+        assert await probe.accepted(rotator_token(trusted, "trusted"))
 
 
 def test_the_jwks_files_written_here_hold_only_public_keys(tmp_path: Path) -> None:

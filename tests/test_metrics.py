@@ -11,8 +11,8 @@ from interview.sessions.v1 import sessions_pb2 as pb
 
 from common.app import ListenError
 from session_service import api as session_api
-from tests.conftest import session_config_for
 from tests.helpers import calls, expect_error, gauge, new_id, scrape, timed, wait_for
+from tests.servers import session_config_for
 
 SESSIONS = "/interview.sessions.v1.SessionService/"
 INTERNAL = "/interview.sessions.v1.SessionInternalService/"

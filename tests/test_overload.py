@@ -37,11 +37,10 @@ from common.devcerts import write_dev_certificates
 from common.interceptor import CAPPED_STREAMS
 from reputation_service import api as reputation_api
 from reputation_service import config as reputation_config
-from session_service import api as session_api
 from session_service import config as session_config
-from tests.conftest import reputation_config_for, session_config_for, wait_serving
 from tests.helpers import (
     FLOOD_PEAK_RSS_MB,
+    call_lines,
     calls,
     equals,
     expect_error,
@@ -54,7 +53,7 @@ from tests.helpers import (
     user_metadata,
     wait_for,
 )
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, reputation_config_for, start_session_server
 
 PAUSE = "/interview.sessions.v1.SessionService/PauseSession"
 WATCH = "/grpc.health.v1.Health/Watch"
@@ -67,28 +66,17 @@ ROOT = Path(__file__).resolve().parent.parent
 OWN_CONNECTION = [("grpc.use_local_subchannel_pool", 1)]
 
 
-async def server_with(database_url: str, keys, **overrides) -> AppServer:
-    app = session_api.create_server(session_config_for(database_url, keys, **overrides))
-    await app.start()
-    await wait_serving(f"127.0.0.1:{app.port}")
-    return app
-
-
 @pytest.fixture
 async def eight_at_once(database_url, keys) -> AsyncIterator[AppServer]:
     """A session server of its own that takes at most 8 calls at once."""
-    app = await server_with(database_url, keys, limits=Limits(max_concurrent_rpcs=8))
+    app = await start_session_server(database_url, keys, limits=Limits(max_concurrent_rpcs=8))
     yield app
     await app.stop(grace=1)
 
 
-def call_lines(caplog: pytest.LogCaptureFixture, method: str) -> Counter[tuple[str, str]]:
-    """(code, reason) of each call log line of `method`."""
-    return Counter(
-        (record.msg["code"], record.msg.get("reason", ""))
-        for record in caplog.records
-        if record.name == "rpc" and isinstance(record.msg, dict) and record.msg.get("method") == method
-    )
+def call_outcomes(caplog: pytest.LogCaptureFixture, method: str) -> Counter[tuple[str, str]]:
+    """How many call log lines of `method` there are of each (code, reason)."""
+    return Counter((line["code"], line.get("reason", "")) for line in call_lines(caplog, method))
 
 
 # --- 2a: MAX_CONCURRENT_RPCS ------------------------------------------------------------------------
@@ -178,7 +166,7 @@ async def test_calls_past_max_concurrent_rpcs_are_refused_at_once_counted_and_lo
     assert calls(samples, PAUSE, "RESOURCE_EXHAUSTED") == 92
     assert calls(samples, PAUSE, "OK") == 1
     assert calls(samples, PAUSE, "FAILED_PRECONDITION") == 7
-    logged = call_lines(caplog, PAUSE)
+    logged = call_outcomes(caplog, PAUSE)
     assert logged == {
         ("RESOURCE_EXHAUSTED", "OVERLOADED"): 92,
         ("OK", ""): 1,
@@ -396,7 +384,7 @@ async def test_a_flood_of_idle_connections_is_bounded_and_calls_answer(
 
 @pytest.fixture
 async def plain_server(database_url, keys) -> AsyncIterator[AppServer]:
-    app = await server_with(database_url, keys)
+    app = await start_session_server(database_url, keys)
     yield app
     await app.stop(grace=1)
 
@@ -444,7 +432,7 @@ async def test_reflection_streams_past_the_per_process_cap_are_refused(plain_ser
         # 150 streams on 3 connections (50 each: under the 100 streams a connection may carry).
         await asyncio.wait_for(asyncio.gather(*(reflect(channels[n % 3]) for n in range(150))), 30)
         assert answers == {"listed": cap, "RESOURCE_EXHAUSTED OVERLOADED": 150 - cap}
-        assert call_lines(caplog, path) == {("RESOURCE_EXHAUSTED", "OVERLOADED"): 150 - cap}
+        assert call_outcomes(caplog, path) == {("RESOURCE_EXHAUSTED", "OVERLOADED"): 150 - cap}
         samples = await scrape(plain_server)
         assert calls(samples, path, "RESOURCE_EXHAUSTED") == 150 - cap
     finally:
@@ -497,7 +485,7 @@ async def test_one_connection_carries_at_most_100_streams_the_next_waits_in_the_
                 await other.read()
             decoded = rich_error(raised.value)
             assert (decoded.code, decoded.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
-            assert call_lines(caplog, WATCH) == {("RESOURCE_EXHAUSTED", "OVERLOADED"): 1}
+            assert call_outcomes(caplog, WATCH) == {("RESOURCE_EXHAUSTED", "OVERLOADED"): 1}
         finally:
             for watch in watches:
                 watch.cancel()
@@ -568,7 +556,7 @@ async def test_a_burst_of_3000_calls_is_answered_ok_overloaded_or_shed_and_every
     assert set(answers) <= {("OK", ""), ("RESOURCE_EXHAUSTED", "OVERLOADED"), ("CANCELLED", "")}, answers
     assert answers[("OK", "")] > 0
     shed = answers.pop(("CANCELLED", ""), 0)
-    assert call_lines(caplog, get) == answers
+    assert call_outcomes(caplog, get) == answers
     assert sum(answers.values()) + shed == BURST
     assert counted["OK"] == answers[("OK", "")]
     assert counted["RESOURCE_EXHAUSTED"] == answers[("RESOURCE_EXHAUSTED", "OVERLOADED")]

@@ -16,8 +16,8 @@ from interview.sessions.v1 import sessions_pb2_grpc
 from common.config import JwtSettings
 from reputation_service import api as reputation_api
 from session_service import api as session_api
-from tests.conftest import reputation_config_for, session_config_for
 from tests.helpers import expect_error, new_id, user_metadata
+from tests.servers import reputation_config_for, session_config_for
 
 UNREACHABLE_DB = "postgresql://postgres@/postgres?host=/nonexistent-socket-dir"
 UNSET = None

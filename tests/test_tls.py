@@ -19,7 +19,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.sessions.v1 import sessions_pb2 as pb
 
@@ -32,29 +31,14 @@ from reputation_service import api as reputation_api
 from reputation_service.client import ReputationClient, SyncReputationClient
 from session_service import api as session_api
 from session_service.client import SessionClient, SessionInternalClient, SyncSessionClient
-from tests.conftest import reputation_config_for, session_config_for, wait_serving
-from tests.helpers import StackKeys, new_id, service_token, wait_for
+from tests.helpers import StackKeys, buf_env, new_id, run_buf, service_token
+from tests.servers import reputation_config_for, session_config_for, wait_serving
 
 HOSTS = ["localhost", "127.0.0.1"]
 REPO = Path(__file__).resolve().parents[1]
-BUF = Path(sys.executable).with_name("buf")
 SUBPROCESS_TIMEOUT_SECONDS = 60.0
 # As few attempts as gRPC allows (2), quickly: a refused handshake is final, nothing to wait for.
 NO_RETRY = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01)
-
-
-async def wait_serving_tls(target: str, credentials: grpc.ChannelCredentials) -> None:
-    async with grpc.aio.secure_channel(target, credentials) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-
-        async def serving() -> bool:
-            try:
-                reply = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-            except grpc.aio.AioRpcError:
-                return False
-            return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-        await wait_for(serving, within=15, what=f"{target} to report SERVING over TLS")
 
 
 @dataclass
@@ -80,7 +64,7 @@ class TlsStack:
 async def start_app(app: AppServer, credentials: grpc.ChannelCredentials) -> AppServer:
     await app.start()
     try:
-        await wait_serving_tls(f"127.0.0.1:{app.port}", credentials)
+        await wait_serving(f"127.0.0.1:{app.port}", credentials)
     except BaseException:
         await app.stop(grace=1)
         raise
@@ -331,33 +315,6 @@ async def test_a_reputation_service_presenting_no_certificate_cannot_reach_the_m
 # --- buf curl ------------------------------------------------------------------------------------
 
 
-async def run_buf(tmp_path: Path, url: str, body: dict, token: str, *tls_flags: str) -> tuple[int, str, str]:
-    assert BUF.exists(), f"{BUF} is missing: install the dev dependencies (buf-bin)"
-    env = {
-        "PATH": str(BUF.parent) + ":/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "XDG_CACHE_HOME": str(tmp_path / "cache"),
-        "XDG_CONFIG_HOME": str(tmp_path / "config"),
-    }
-    args = [str(BUF), "curl", "--protocol", "grpc", "--emit-defaults", "--connect-timeout", "5", *tls_flags]
-    args += ["-H", f"authorization: Bearer {token}", "-d", json.dumps(body), url]
-    process = await asyncio.create_subprocess_exec(
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    try:
-        stdout, stderr = await asyncio.wait_for(process.communicate(), SUBPROCESS_TIMEOUT_SECONDS)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
-
-
 async def test_buf_curl_gets_a_session_over_mutual_tls_with_cacert_cert_and_key(tls_stack, keys, tmp_path):
     owner = new_id()
     async with SessionClient.connect(
@@ -369,16 +326,17 @@ async def test_buf_curl_gets_a_session_over_mutual_tls_with_cacert_cert_and_key(
     token = mint(keys.jwt, keys.jwt.key, owner, 300)
 
     code, stdout, stderr = await run_buf(
-        tmp_path,
         url,
         {"session_id": created.session_id},
-        token,
+        f"Bearer {token}",
         "--cacert",
         str(certs.ca),
         "--cert",
         str(certs.client_cert),
         "--key",
         str(certs.client_key),
+        env=buf_env(tmp_path),
+        within=SUBPROCESS_TIMEOUT_SECONDS,
     )
     assert code == 0, stderr
     got = json.loads(stdout)
@@ -390,7 +348,13 @@ async def test_buf_curl_gets_a_session_over_mutual_tls_with_cacert_cert_and_key(
 
     # Without a client certificate the same call fails in the transport (exit below 8), not as an RPC.
     code, stdout, stderr = await run_buf(
-        tmp_path, url, {"session_id": created.session_id}, token, "--cacert", str(certs.ca)
+        url,
+        {"session_id": created.session_id},
+        f"Bearer {token}",
+        "--cacert",
+        str(certs.ca),
+        env=buf_env(tmp_path),
+        within=SUBPROCESS_TIMEOUT_SECONDS,
     )
     assert 0 < code < 8, (code, stdout, stderr)
     assert stdout == ""

@@ -35,7 +35,6 @@ from bench.otlp_receiver import Receiver
 from common import tracing
 from common.config import ConfigError
 from session_service import api as session_api
-from tests.conftest import new_database, reputation_config_for, session_config_for, start_session_server
 from tests.helpers import (
     complete,
     confirm,
@@ -54,7 +53,17 @@ from tests.helpers import (
     user_metadata,
     wait_for,
 )
-from tests.servers import ServiceProcess, Stack, own_database, own_stack, running_reputation
+from tests.servers import (
+    ServiceProcess,
+    Stack,
+    new_database,
+    own_database,
+    own_stack,
+    reputation_config_for,
+    running_reputation,
+    session_config_for,
+    start_session_server,
+)
 
 CONFIRM = "/interview.reputation.v1.ReputationService/ConfirmCompletion"
 LOOKUP = "/interview.sessions.v1.SessionInternalService/LookupSession"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.helpers import BUF
+
 ROOT = Path(__file__).resolve().parents[2]
-BUF = str(Path(sys.executable).with_name("buf"))
 SESSIONS_PROTO = Path("interview/sessions/v1/sessions.proto")
 
 

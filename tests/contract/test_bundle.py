@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
 import yaml
 
 from common.client import DEFAULT_DEADLINE, RETRY, service_config
+from tests.helpers import BUF
 
 ROOT = Path(__file__).resolve().parents[2]
-BUF = str(Path(sys.executable).with_name("buf"))
 
 
 def _bundle(tmp_path: Path) -> Path:

@@ -13,8 +13,7 @@ from interview.errors.v1 import errors_pb2
 from interview.reputation.v1 import reputation_pb2
 from interview.sessions.v1 import sessions_pb2
 
-from tests.conftest import EMITTED_REASONS
-from tests.helpers import new_id, service_metadata, user_metadata
+from tests.helpers import EMITTED_REASONS, new_id, service_metadata, user_metadata
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTOS = {

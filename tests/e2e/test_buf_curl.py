@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,9 +25,8 @@ from google.rpc import error_details_pb2
 
 from common.app import AppServer
 from common.config import JwtSettings
-from tests.helpers import new_id, run_program, user_metadata
+from tests.helpers import BUF, buf_env, new_id, run_buf, user_token
 
-BUF = Path(sys.executable).with_name("buf")
 CALL_TIMEOUT_SECONDS = 30.0
 SESSIONS = "interview.sessions.v1.SessionService"
 REPUTATION = "interview.reputation.v1.ReputationService"
@@ -37,7 +34,7 @@ FAILED_PRECONDITION = 9
 INVALID_ARGUMENT = 3
 UNAUTHENTICATED = 16
 
-# HOME and XDG_CACHE_HOME for buf, pointed at a scratch folder by the fixture below.
+# buf's environment, its HOME and XDG_CACHE_HOME pointed at a scratch folder by the fixture below.
 _BUF_ENV: dict[str, str] = {}
 
 
@@ -66,43 +63,29 @@ class RpcFailure:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def buf_env(tmp_path_factory: pytest.TempPathFactory) -> None:
+def buf_home(tmp_path_factory: pytest.TempPathFactory) -> None:
     assert BUF.exists(), f"{BUF} is missing: install the dev dependencies (buf-bin)"
-    home = tmp_path_factory.mktemp("buf-home")
-    _BUF_ENV.update(
-        {
-            "PATH": str(BUF.parent) + ":/usr/bin:/bin",
-            "HOME": str(home),
-            "XDG_CACHE_HOME": str(home / "cache"),
-            "XDG_CONFIG_HOME": str(home / "config"),
-            "BUF_LOG_FORMAT": "text",
-        }
-    )
+    _BUF_ENV.update(buf_env(tmp_path_factory.mktemp("buf-home")))
 
 
-def bearer(jwt_settings: JwtSettings, user_id: str) -> str:
-    ((_, value),) = user_metadata(jwt_settings, user_id)
-    return value
+def user_authorization(jwt_settings: JwtSettings, user_id: str) -> str:
+    """The authorization header's value for `user_id`: `Bearer <a user token>`."""
+    return "Bearer " + user_token(jwt_settings, user_id)
 
 
-async def run_buf(
-    port: int, method: str, body: dict[str, Any] | None, token: str | None, *extra: str
+async def run_buf_plaintext(
+    port: int, method: str, body: dict[str, Any] | None, authorization: str | None, *extra: str
 ) -> tuple[int, str, str]:
-    """Runs one `buf curl` without blocking the event loop the servers run in."""
-    args = [str(BUF), "curl", "--protocol", "grpc", "--http2-prior-knowledge", "--emit-defaults"]
-    args += ["--connect-timeout", "5", *extra]
-    if token is not None:
-        args += ["-H", f"authorization: {token}"]
-    if body is not None:
-        args += ["-d", json.dumps(body)]
-    args.append(f"http://127.0.0.1:{port}/{method}")
-    done = await run_program(*args, within=CALL_TIMEOUT_SECONDS, env=_BUF_ENV)
-    return done.returncode, done.stdout, done.stderr
+    """Runs one `buf curl` of `method` ("pkg.Service/Method", or "" with --list-services) on the
+    plaintext server on `port` (HTTP/2 without TLS); returns (exit code, stdout, stderr)."""
+    url = f"http://127.0.0.1:{port}/{method}"
+    flags = ("--http2-prior-knowledge", *extra)
+    return await run_buf(url, body, authorization, *flags, env=_BUF_ENV, within=CALL_TIMEOUT_SECONDS)
 
 
 async def buf_curl(port: int, method: str, body: dict[str, Any], token: str | None = None) -> dict[str, Any]:
     """Calls `method` (e.g. "pkg.Service/Method") and returns the parsed JSON response."""
-    code, stdout, stderr = await run_buf(port, method, body, token)
+    code, stdout, stderr = await run_buf_plaintext(port, method, body, token)
     if code != 0:
         raise BufCurlError([method, json.dumps(body)], code, stdout, stderr)
     return json.loads(stdout)
@@ -116,7 +99,7 @@ async def buf_curl_error(
     port: int, method: str, body: dict[str, Any], token: str | None = None
 ) -> RpcFailure:
     """Calls a method that must fail with an RPC error; returns the error buf printed, decoded."""
-    code, stdout, stderr = await run_buf(port, method, body, token)
+    code, stdout, stderr = await run_buf_plaintext(port, method, body, token)
     if code < 8:
         raise BufCurlError([method, json.dumps(body)], code, stdout, stderr)
     assert stdout == "", stdout
@@ -136,11 +119,11 @@ async def buf_curl_error(
 async def test_buf_curl_resolves_the_schema_by_reflection_v1_with_no_fallback(
     session_server: AppServer, jwt_settings: JwtSettings
 ) -> None:
-    code, stdout, stderr = await run_buf(
+    code, stdout, stderr = await run_buf_plaintext(
         session_server.port,
         f"{SESSIONS}/CreateSession",
         {"job_posting_id": new_id()},
-        bearer(jwt_settings, new_id()),
+        user_authorization(jwt_settings, new_id()),
         "--verbose",
     )
     assert code == 0, stderr
@@ -161,7 +144,7 @@ async def test_both_reflection_protocols_list_each_service(
         reputation_server.port: {"interview.reputation.v1.ReputationService"},
     }
     for port, services in expected.items():
-        code, stdout, stderr = await run_buf(
+        code, stdout, stderr = await run_buf_plaintext(
             port, "", None, None, "--list-services", "--reflect-protocol", protocol
         )
         assert code == 0, stderr
@@ -174,7 +157,7 @@ async def test_solo_session_create_append_complete_retake_list(
     session_server: AppServer, jwt_settings: JwtSettings
 ) -> None:
     port, alice, posting = session_server.port, new_id(), new_id()
-    token = bearer(jwt_settings, alice)
+    token = user_authorization(jwt_settings, alice)
 
     created = await buf_curl(port, f"{SESSIONS}/CreateSession", {"job_posting_id": posting}, token)
     session_id = created["sessionId"]
@@ -222,7 +205,7 @@ async def test_paired_session_completed_by_mutual_confirmation(
     session_server: AppServer, reputation_server: AppServer, jwt_settings: JwtSettings
 ) -> None:
     alice, bob = new_id(), new_id()
-    alice_token, bob_token = bearer(jwt_settings, alice), bearer(jwt_settings, bob)
+    alice_token, bob_token = user_authorization(jwt_settings, alice), user_authorization(jwt_settings, bob)
 
     paired = await buf_curl(
         session_server.port,
@@ -275,7 +258,7 @@ async def test_paired_session_completed_by_mutual_confirmation(
 async def test_completing_twice_prints_failed_precondition_with_its_error_info(
     session_server: AppServer, jwt_settings: JwtSettings
 ) -> None:
-    port, token = session_server.port, bearer(jwt_settings, new_id())
+    port, token = session_server.port, user_authorization(jwt_settings, new_id())
     created = await buf_curl(port, f"{SESSIONS}/CreateSession", {"job_posting_id": new_id()}, token)
     session_id = created["sessionId"]
     await buf_curl(port, f"{SESSIONS}/CompleteSession", {"session_id": session_id}, token)
@@ -298,7 +281,7 @@ async def test_completing_twice_prints_failed_precondition_with_its_error_info(
 async def test_bad_request_and_reputation_errors_decode_through_buf_curl(
     session_server: AppServer, reputation_server: AppServer, jwt_settings: JwtSettings
 ) -> None:
-    token = bearer(jwt_settings, new_id())
+    token = user_authorization(jwt_settings, new_id())
 
     malformed = await buf_curl_error(
         session_server.port, f"{SESSIONS}/GetSession", {"session_id": "not-a-uuid"}, token

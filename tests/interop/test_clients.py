@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,9 @@ import pytest
 from interview.reputation.v1 import reputation_pb2, reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2, sessions_pb2_grpc
 
-from tests.helpers import new_id, user_metadata, user_token
+from tests.helpers import BUF, new_id, user_metadata, user_token
 
 ROOT = Path(__file__).resolve().parents[2]
-BUF = str(Path(sys.executable).with_name("buf"))
 TS = ROOT / "interop/ts"
 GO = ROOT / "interop/go"
 JAVA = ROOT / "interop/java"

@@ -22,7 +22,6 @@ from interview.sessions.v1 import sessions_pb2 as pb
 from common.app import AppServer
 from common.auth import MODERATE_ROLE
 from common.client import channel_options
-from tests.conftest import reputation_config_for
 from tests.helpers import (
     confirm,
     create,
@@ -39,7 +38,7 @@ from tests.helpers import (
     wait_for_delivery_marks,
     walk,
 )
-from tests.servers import running_reputation
+from tests.servers import reputation_config_for, running_reputation
 
 AWARD, CAPPED_PAIR, CAPPED_USER = "MUTUAL_CONFIRMATION", "CAPPED_PAIR_DAILY_LIMIT", "CAPPED_USER_DAILY_LIMIT"
 

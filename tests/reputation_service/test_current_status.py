@@ -11,10 +11,9 @@ import pytest
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.conftest import reputation_config_for
 from tests.helpers import confirm, expect_error, get_confirmation, paired, wait_for
 from tests.reputation_service.gate import Gate, running_gate
-from tests.servers import running_reputation
+from tests.servers import reputation_config_for, running_reputation
 
 LOOKUP, COMPLETE = "LookupSession", "CompletePairedSession"
 # What the gate may see above the deadline the caller set: the two hosts' clocks are one, but the

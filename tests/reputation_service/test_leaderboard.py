@@ -18,18 +18,18 @@ from interview.reputation.v1 import reputation_pb2_grpc
 from common.fields import PageTokens
 from reputation_service import store
 from reputation_service.api import LEADERBOARD_CURSOR
-from tests.conftest import reputation_config_for
 from tests.helpers import (
     confirm,
     expect_invalid,
     leaderboard,
+    mutually_confirmed,
     new_id,
     paired,
     service_metadata,
     stamp,
     walk,
 )
-from tests.servers import Stack, own_database, own_stack, running_reputation
+from tests.servers import Stack, own_database, own_stack, reputation_config_for, running_reputation
 
 DOMAIN = "interview.reputation"
 WEEK, MONTH, ALL = (
@@ -76,9 +76,8 @@ async def everything(board: Board, md, period: int, page_size: int = 0) -> list[
 
 
 async def award(board: Board, as_user, owner: str, partner: str) -> str:
-    session_id, _, _ = await paired(board.sessions, as_user, owner, partner)
-    await confirm(board.reputation, as_user(owner), session_id)
-    await confirm(board.reputation, as_user(partner), session_id)
+    """A paired session of `owner` and `partner` on the board's stack, confirmed by both; its id."""
+    session_id, _, _ = await mutually_confirmed(board.sessions, board.reputation, as_user, owner, partner)
     return session_id
 
 

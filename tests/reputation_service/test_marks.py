@@ -19,9 +19,8 @@ from common.config import DEFAULT_LIMITS
 from common.db import connection, create_engine
 from reputation_service import store
 from reputation_service.marks import DeliveryMarks
-from tests.conftest import reputation_config_for
 from tests.helpers import create, new_id, service_metadata, session_statuses, user_metadata, wait_for
-from tests.servers import running_reputation
+from tests.servers import reputation_config_for, running_reputation
 
 
 async def awarded_row(db: asyncpg.Pool, session_id: str | None = None, delivered: bool = False) -> str:

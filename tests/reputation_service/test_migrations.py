@@ -15,9 +15,8 @@ import pytest
 
 from common import migrations
 from common.migrations import SqlFileError, apply_sql, downgrade, migrate, sql_files
-from tests.conftest import new_database, sqlalchemy_url
 from tests.helpers import run_program
-from tests.servers import own_database
+from tests.servers import new_database, own_database, sqlalchemy_url
 
 SCHEMA = "reputation"
 OBJECTS = """

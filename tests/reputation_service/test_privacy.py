@@ -9,11 +9,10 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.reputation.v1 import reputation_pb2_grpc
 
 from tests.helpers import (
-    confirm,
     expect_invalid,
     list_events,
+    mutually_confirmed,
     new_id,
-    paired,
     service_metadata,
     walk,
 )
@@ -34,25 +33,18 @@ class Ledger:
     s2: str
 
 
-async def awarded(sessions, reputation, as_user, owner, partner):
-    session_id, *_ = await paired(sessions, as_user, owner, partner)
-    for user in (owner, partner):
-        await confirm(reputation, as_user(user), session_id)
-    return session_id
-
-
 @pytest.fixture(scope="module")
 async def ledger(sessions, reputation, reputation_server, as_user, service_keys):
     x, p, q = new_id(), new_id(), new_id()
-    s = await awarded(sessions, reputation, as_user, x, p)
-    t = await awarded(sessions, reputation, as_user, q, x)
+    s, _, _ = await mutually_confirmed(sessions, reputation, as_user, x, p)
+    t, _, _ = await mutually_confirmed(sessions, reputation, as_user, q, x)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{reputation_server.port}") as channel:
         moderation = reputation_pb2_grpc.ReputationInternalServiceStub(channel)
         await moderation.ReverseSessionAwards(
             rpb.ReverseSessionAwardsRequest(session_id=t, reason="farming"),
             metadata=service_metadata(service_keys, roles=["reputation.moderate"], name="moderation"),
         )
-    s2 = await awarded(sessions, reputation, as_user, p, x)
+    s2, _, _ = await mutually_confirmed(sessions, reputation, as_user, p, x)
     return Ledger(x, p, q, s, t, s2)
 
 

@@ -17,7 +17,6 @@ from interview.sessions.v1 import sessions_pb2_grpc
 
 from common.client import channel_options
 from reputation_service import api as reputation_api
-from tests.conftest import reputation_config_for, start_session_server, wait_serving
 from tests.helpers import (
     confirm,
     create,
@@ -28,7 +27,7 @@ from tests.helpers import (
     wait_for,
     wait_for_delivery_marks,
 )
-from tests.servers import ServiceProcess
+from tests.servers import ServiceProcess, reputation_config_for, start_session_server, wait_serving
 
 
 async def _scores(db, users: list[str]) -> dict[str, int]:

@@ -17,6 +17,7 @@ from tests.helpers import (
     expect_invalid,
     get_reputation,
     list_ratings,
+    mutually_confirmed,
     new_id,
     paired,
     rate,
@@ -25,14 +26,6 @@ from tests.helpers import (
 
 DOMAIN = "interview.reputation"
 FAILED = grpc.StatusCode.FAILED_PRECONDITION
-
-
-async def confirmed(sessions, reputation, as_user, owner=None, partner=None):
-    """A paired session both participants confirmed: (session_id, owner, partner)."""
-    session_id, owner, partner = await paired(sessions, as_user, owner, partner)
-    await confirm(reputation, as_user(owner), session_id)
-    await confirm(reputation, as_user(partner), session_id)
-    return session_id, owner, partner
 
 
 async def ratings_of(db, session_id):
@@ -44,7 +37,7 @@ async def ratings_of(db, session_id):
 
 
 async def test_a_participant_rates_the_other_and_the_aggregate_follows(sessions, reputation, as_user, db):
-    session_id, owner, partner = await confirmed(sessions, reputation, as_user)
+    session_id, owner, partner = await mutually_confirmed(sessions, reputation, as_user)
 
     given = await rate(reputation, as_user(owner), session_id, 4, "clear questions, fair follow-ups")
 
@@ -66,7 +59,7 @@ async def test_a_participant_rates_the_other_and_the_aggregate_follows(sessions,
 async def test_averages_are_exact_over_several_partners(sessions, reputation, as_user):
     rated = new_id()
     for stars in (5, 4, 4, 2):
-        session_id, rater, _ = await confirmed(sessions, reputation, as_user, partner=rated)
+        session_id, rater, _ = await mutually_confirmed(sessions, reputation, as_user, partner=rated)
         await rate(reputation, as_user(rater), session_id, stars)
     found = await get_reputation(reputation, as_user(rated), "")
     assert found.rating_count == 4
@@ -80,7 +73,7 @@ async def test_an_unrated_user_has_no_ratings(reputation, as_user):
 
 
 async def test_a_second_rating_is_already_rated_and_changes_nothing(sessions, reputation, as_user, db):
-    session_id, owner, partner = await confirmed(sessions, reputation, as_user)
+    session_id, owner, partner = await mutually_confirmed(sessions, reputation, as_user)
     await rate(reputation, as_user(owner), session_id, 5)
     await expect_error(rate(reputation, as_user(owner), session_id, 1), FAILED, "ALREADY_RATED")
     assert [r["rating"] for r in await ratings_of(db, session_id)] == [5]
@@ -90,15 +83,15 @@ async def test_a_second_rating_is_already_rated_and_changes_nothing(sessions, re
 async def test_a_repeated_request_id_returns_the_first_rating_whatever_the_other_fields(
     sessions, reputation, as_user, db
 ):
-    session_id, owner, _ = await confirmed(sessions, reputation, as_user)
-    other_session, _, _ = await confirmed(sessions, reputation, as_user, owner=owner)
+    session_id, owner, _ = await mutually_confirmed(sessions, reputation, as_user)
+    other_session, _, _ = await mutually_confirmed(sessions, reputation, as_user, owner=owner)
     request_id = new_id()
     first = await rate(reputation, as_user(owner), session_id, 3, "ok", request_id=request_id)
     again = await rate(reputation, as_user(owner), other_session, 5, "great", request_id=request_id)
     assert again == first
     assert not await ratings_of(db, other_session)
     # The same request_id of another caller is another request.
-    third, _, partner = await confirmed(sessions, reputation, as_user)
+    third, _, partner = await mutually_confirmed(sessions, reputation, as_user)
     assert (await rate(reputation, as_user(partner), third, 2, request_id=request_id)).rating == 2
 
 
@@ -113,7 +106,7 @@ async def test_before_both_confirmations_it_is_not_confirmed_yet(sessions, reput
 
 
 async def test_strangers_and_unknown_sessions_are_not_found(sessions, reputation, as_user):
-    session_id, _, _ = await confirmed(sessions, reputation, as_user)
+    session_id, _, _ = await mutually_confirmed(sessions, reputation, as_user)
     not_found = grpc.StatusCode.NOT_FOUND
     await expect_error(rate(reputation, as_user(new_id()), session_id, 5), not_found, "SESSION_NOT_FOUND")
     await expect_error(rate(reputation, as_user(new_id()), new_id(), 5), not_found, "SESSION_NOT_FOUND")
@@ -127,12 +120,12 @@ async def test_a_solo_session_is_not_a_paired_session(sessions, reputation, as_u
 
 @pytest.mark.parametrize("stars", [0, 6, -1, 100])
 async def test_a_rating_outside_one_to_five_is_invalid(sessions, reputation, as_user, stars):
-    session_id, owner, _ = await confirmed(sessions, reputation, as_user)
+    session_id, owner, _ = await mutually_confirmed(sessions, reputation, as_user)
     await expect_invalid(rate(reputation, as_user(owner), session_id, stars), "rating", domain=DOMAIN)
 
 
 async def test_comments_count_code_points_and_refuse_nul(sessions, reputation, as_user):
-    session_id, owner, partner = await confirmed(sessions, reputation, as_user)
+    session_id, owner, partner = await mutually_confirmed(sessions, reputation, as_user)
     too_long = "é" * 2001
     await expect_invalid(rate(reputation, as_user(owner), session_id, 5, too_long), "comment", domain=DOMAIN)
     await expect_invalid(rate(reputation, as_user(owner), session_id, 5, "a\x00b"), "comment", domain=DOMAIN)
@@ -148,7 +141,7 @@ async def test_malformed_ids_are_invalid_and_every_bad_field_is_named(reputation
 
 
 async def test_both_participants_rating_at_once_both_land(sessions, reputation, as_user):
-    session_id, owner, partner = await confirmed(sessions, reputation, as_user)
+    session_id, owner, partner = await mutually_confirmed(sessions, reputation, as_user)
     given = await asyncio.gather(
         rate(reputation, as_user(owner), session_id, 5), rate(reputation, as_user(partner), session_id, 3)
     )
@@ -158,7 +151,7 @@ async def test_both_participants_rating_at_once_both_land(sessions, reputation, 
 
 
 async def test_the_same_rater_at_once_rates_once(sessions, reputation, as_user, db):
-    session_id, owner, partner = await confirmed(sessions, reputation, as_user)
+    session_id, owner, partner = await mutually_confirmed(sessions, reputation, as_user)
     outcomes = await asyncio.gather(
         *(rate(reputation, as_user(owner), session_id, 1 + i % 5) for i in range(8)), return_exceptions=True
     )
@@ -171,7 +164,7 @@ async def test_the_same_rater_at_once_rates_once(sessions, reputation, as_user, 
 
 
 async def test_the_same_request_at_once_returns_one_rating(sessions, reputation, as_user, db):
-    session_id, owner, _ = await confirmed(sessions, reputation, as_user)
+    session_id, owner, _ = await mutually_confirmed(sessions, reputation, as_user)
     request_id = new_id()
     given = await asyncio.gather(
         *(rate(reputation, as_user(owner), session_id, 4, request_id=request_id) for _ in range(6))
@@ -184,7 +177,7 @@ async def test_received_ratings_are_newest_first_paged_and_only_ones_own(session
     rated = new_id()
     given = []
     for stars in (1, 2, 3, 4, 5):
-        session_id, rater, _ = await confirmed(sessions, reputation, as_user, partner=rated)
+        session_id, rater, _ = await mutually_confirmed(sessions, reputation, as_user, partner=rated)
         given.append(await rate(reputation, as_user(rater), session_id, stars))
 
     pages = await walk(list_ratings, reputation, as_user(rated), page_size=2)
@@ -197,7 +190,7 @@ async def test_received_ratings_are_newest_first_paged_and_only_ones_own(session
 async def test_page_rules_and_forged_tokens(sessions, reputation, as_user):
     rated = new_id()
     for _ in range(2):
-        session_id, rater, _ = await confirmed(sessions, reputation, as_user, partner=rated)
+        session_id, rater, _ = await mutually_confirmed(sessions, reputation, as_user, partner=rated)
         await rate(reputation, as_user(rater), session_id, 5)
     me = as_user(rated)
     await expect_invalid(list_ratings(reputation, me, page_size=-1), "page_size", domain=DOMAIN)

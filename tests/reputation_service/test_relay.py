@@ -23,12 +23,10 @@ from common.app import AppServer
 from common.config import ConfigError, ServiceSigning
 from common.devcerts import write_private
 from reputation_service import config as reputation_config
-from tests.conftest import (
-    reputation_config_for,
-)
 from tests.helpers import (
     confirm,
     create,
+    event_lines,
     gauge,
     new_id,
     new_private_key,
@@ -40,7 +38,7 @@ from tests.helpers import (
     wait_for,
 )
 from tests.reputation_service.gate import overlapping, running_gate
-from tests.servers import running_reputation
+from tests.servers import reputation_config_for, running_reputation
 
 COMPLETE = "CompletePairedSession"
 
@@ -52,14 +50,6 @@ async def outbox(db: asyncpg.Pool, session_ids: list[str]) -> dict[str, asyncpg.
         session_ids,
     )
     return {row["session_id"]: row for row in rows}
-
-
-def relay_events(caplog, event: str) -> list[dict]:
-    return [
-        record.msg
-        for record in caplog.records
-        if isinstance(record.msg, dict) and record.msg.get("event") == event
-    ]
 
 
 async def replay_outbox(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -137,7 +127,7 @@ async def test_two_relays_facing_a_black_hole_attempt_each_row_under_its_lease_a
     assert all(b is not None and 0.25 < b <= 0.5 + 0.05 for b in gate.budgets[COMPLETE])
     assert all(row["dead_time"] is None for row in rows.values())
     assert await session_statuses(stack.db, ids) == Counter({"completed": len(ids)})
-    delivered = Counter(event["session_id"] for event in relay_events(caplog, "delivered"))
+    delivered = Counter(event["session_id"] for event in event_lines(caplog, "delivered"))
     assert {s: delivered[s] for s in ids} == dict.fromkeys(ids, 1)
 
 
@@ -259,7 +249,7 @@ async def test_a_refused_completion_is_parked_dead_counted_and_delivered_once_af
             return gauge(await scrape(good_app), "outbox_dead_rows") == 0
 
         await wait_for(nothing_dead, within=10, what="the dead-row metric to fall back to 0")
-    assert Counter(e["session_id"] for e in relay_events(caplog, "delivered"))[session_id] == 1
+    assert Counter(e["session_id"] for e in event_lines(caplog, "delivered"))[session_id] == 1
 
 
 # --- replay-outbox, the command --------------------------------------------------------------------

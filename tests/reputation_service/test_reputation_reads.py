@@ -10,27 +10,17 @@ from interview.sessions.v1 import sessions_pb2 as pb
 from tests.helpers import (
     MALFORMED_UUIDS,
     SAMPLE_ID,
-    confirm,
-    create,
     expect_error,
     expect_invalid,
     get_reputation,
     list_events,
+    mutually_confirmed,
     new_id,
     service_metadata,
     stamp,
 )
 
 DOMAIN = "interview.reputation"
-
-
-async def complete_paired(sessions, reputation, as_user, user, partner=None):
-    """A paired session of `user` completed by mutual confirmation; returns its id."""
-    partner = partner or new_id()
-    created = await create(sessions, as_user(user), partner=partner)
-    for caller in (user, partner):
-        await confirm(reputation, as_user(caller), created.session_id)
-    return created.session_id
 
 
 # --- GetReputation -------------------------------------------------------------------------------
@@ -53,7 +43,7 @@ async def test_an_empty_user_id_means_the_caller(sessions, reputation, as_user, 
     assert (empty_before.score, empty_before.confirmed_sessions) == (0, 0)
     assert not empty_before.HasField("update_time")
 
-    await complete_paired(sessions, reputation, as_user, caller)
+    await mutually_confirmed(sessions, reputation, as_user, caller)
     mine = await get_reputation(reputation, as_user(caller))
 
     assert mine.user_id == caller
@@ -67,8 +57,8 @@ async def test_an_empty_user_id_means_the_caller(sessions, reputation, as_user, 
 
 async def test_anyone_can_read_another_users_reputation(sessions, reputation, as_user):
     user, stranger = new_id(), new_id()
-    await complete_paired(sessions, reputation, as_user, user)
-    await complete_paired(sessions, reputation, as_user, user)
+    await mutually_confirmed(sessions, reputation, as_user, user)
+    await mutually_confirmed(sessions, reputation, as_user, user)
 
     seen = await get_reputation(reputation, as_user(stranger), user)
 
@@ -79,10 +69,10 @@ async def test_anyone_can_read_another_users_reputation(sessions, reputation, as
 
 async def test_the_update_time_moves_with_each_award(sessions, reputation, as_user):
     user = new_id()
-    await complete_paired(sessions, reputation, as_user, user)
+    await mutually_confirmed(sessions, reputation, as_user, user)
     first = await get_reputation(reputation, as_user(user))
 
-    await complete_paired(sessions, reputation, as_user, user)
+    await mutually_confirmed(sessions, reputation, as_user, user)
     second = await get_reputation(reputation, as_user(user))
 
     assert stamp(second.update_time) > stamp(first.update_time)
@@ -98,7 +88,7 @@ async def test_get_reputation_with_a_malformed_user_id_is_an_invalid_argument(re
 
 async def test_events_are_listed_newest_first(sessions, reputation, as_user):
     user = new_id()
-    completed = [await complete_paired(sessions, reputation, as_user, user) for _ in range(3)]
+    completed = [(await mutually_confirmed(sessions, reputation, as_user, user))[0] for _ in range(3)]
 
     listed = await list_events(reputation, as_user(user), user)
 
@@ -117,7 +107,7 @@ async def test_events_are_listed_newest_first(sessions, reputation, as_user):
 async def test_the_events_match_the_ledger_and_the_score(sessions, reputation, as_user, db):
     user = new_id()
     for _ in range(2):
-        await complete_paired(sessions, reputation, as_user, user)
+        await mutually_confirmed(sessions, reputation, as_user, user)
 
     listed = await list_events(reputation, as_user(user), user)
     rows = await db.fetch("SELECT * FROM reputation.events WHERE user_id = $1 ORDER BY seq DESC", user)
@@ -137,7 +127,7 @@ async def test_the_events_match_the_ledger_and_the_score(sessions, reputation, a
 
 async def test_an_empty_user_id_lists_the_callers_events(sessions, reputation, as_user):
     user = new_id()
-    session_id = await complete_paired(sessions, reputation, as_user, user)
+    session_id, _, _ = await mutually_confirmed(sessions, reputation, as_user, user)
 
     mine = await list_events(reputation, as_user(user))
 
@@ -147,7 +137,7 @@ async def test_an_empty_user_id_lists_the_callers_events(sessions, reputation, a
 
 async def test_pages_of_two_cover_every_event_once(sessions, reputation, as_user):
     user = new_id()
-    completed = [await complete_paired(sessions, reputation, as_user, user) for _ in range(3)]
+    completed = [(await mutually_confirmed(sessions, reputation, as_user, user))[0] for _ in range(3)]
 
     first = await list_events(reputation, as_user(user), user, page_size=2)
     assert len(first.events) == 2
@@ -165,7 +155,7 @@ async def test_pages_of_two_cover_every_event_once(sessions, reputation, as_user
 async def test_a_full_page_that_is_the_last_has_no_next_page_token(sessions, reputation, as_user):
     user = new_id()
     for _ in range(2):
-        await complete_paired(sessions, reputation, as_user, user)
+        await mutually_confirmed(sessions, reputation, as_user, user)
 
     only = await list_events(reputation, as_user(user), user, page_size=2)
 
@@ -175,7 +165,7 @@ async def test_a_full_page_that_is_the_last_has_no_next_page_token(sessions, rep
 
 async def test_page_size_zero_means_fifty_and_above_two_hundred_is_capped(sessions, reputation, as_user):
     user = new_id()
-    await asyncio.gather(*(complete_paired(sessions, reputation, as_user, user) for _ in range(51)))
+    await asyncio.gather(*(mutually_confirmed(sessions, reputation, as_user, user) for _ in range(51)))
 
     default = await list_events(reputation, as_user(user), user, page_size=0)
     assert len(default.events) == 50
@@ -201,7 +191,7 @@ async def test_a_negative_page_size_is_an_invalid_argument(reputation, as_user, 
 async def page_token_for(sessions, reputation, as_user, user):
     """A valid next_page_token of `user`'s own listing of their own events."""
     for _ in range(2):
-        await complete_paired(sessions, reputation, as_user, user)
+        await mutually_confirmed(sessions, reputation, as_user, user)
     page = await list_events(reputation, as_user(user), user, page_size=1)
     assert page.next_page_token
     return page.next_page_token
@@ -211,7 +201,7 @@ async def test_a_page_token_only_works_for_the_user_it_was_made_for(sessions, re
     a, b = new_id(), new_id()
     token = await page_token_for(sessions, reputation, as_user, a)
     for _ in range(2):
-        await complete_paired(sessions, reputation, as_user, b)
+        await mutually_confirmed(sessions, reputation, as_user, b)
 
     await expect_invalid(
         list_events(reputation, as_user(a), b, page_size=1, page_token=token), "page_token", domain=DOMAIN
@@ -237,7 +227,7 @@ async def test_a_page_token_only_works_for_the_caller_it_was_given_to(sessions, 
 async def test_a_page_token_of_an_implicit_user_id_works_with_the_same_request(sessions, reputation, as_user):
     user = new_id()
     for _ in range(2):
-        await complete_paired(sessions, reputation, as_user, user)
+        await mutually_confirmed(sessions, reputation, as_user, user)
 
     first = await list_events(reputation, as_user(user), page_size=1)
     second = await list_events(reputation, as_user(user), page_size=1, page_token=first.next_page_token)

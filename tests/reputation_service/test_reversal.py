@@ -14,7 +14,6 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.reputation.v1 import reputation_pb2_grpc
 
 from common.auth import ServiceTokenSigner, mint
-from tests.conftest import reputation_config_for
 from tests.helpers import (
     MALFORMED_UUIDS,
     SAMPLE_ID,
@@ -34,7 +33,7 @@ from tests.helpers import (
     wait_for,
     wait_for_delivery_mark,
 )
-from tests.servers import running_reputation
+from tests.servers import reputation_config_for, running_reputation
 
 DOMAIN = "interview.reputation"
 MODERATE = "reputation.moderate"

@@ -19,9 +19,8 @@ import pytest
 from interview.reputation.v1 import reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.conftest import reputation_config_for, wait_serving
 from tests.helpers import confirm, create, get_confirmation, new_id, session_statuses, user_metadata, wait_for
-from tests.servers import ServiceProcess, running_reputation
+from tests.servers import ServiceProcess, reputation_config_for, running_reputation, wait_serving
 
 ROOT = Path(__file__).resolve().parents[2]
 PAIRS_PER_ROUTE = 6

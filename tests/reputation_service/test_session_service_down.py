@@ -7,8 +7,8 @@ from interview.reputation.v1 import reputation_pb2 as rpb
 from interview.reputation.v1 import reputation_pb2_grpc
 
 from reputation_service import api as reputation_api
-from tests.conftest import reputation_config_for
 from tests.helpers import expect_error, new_id, user_metadata
+from tests.servers import reputation_config_for
 
 
 async def _closed_port() -> int:

@@ -19,10 +19,10 @@ import grpc
 import pytest
 from interview.sessions.v1 import sessions_pb2 as pb
 
-from tests.conftest import reputation_config_for
 from tests.helpers import (
     confirm,
     create,
+    event_lines,
     expect_error,
     get,
     get_confirmation,
@@ -38,7 +38,7 @@ from tests.helpers import (
     wait_for,
     wait_for_delivery_marks,
 )
-from tests.servers import running_reputation
+from tests.servers import reputation_config_for, running_reputation
 
 DOMAIN = "interview.reputation"
 CLOSED = "PARTNER_DID_NOT_CONFIRM"
@@ -78,16 +78,12 @@ async def outbox_of(db: asyncpg.Pool, session_ids: list[str]) -> dict[str, async
     return {r["session_id"]: r for r in rows}
 
 
-def logged(caplog: pytest.LogCaptureFixture, event: str) -> list[dict]:
-    return [r.msg for r in caplog.records if isinstance(r.msg, dict) and r.msg.get("event") == event]
-
-
 def swept(caplog: pytest.LogCaptureFixture) -> int:
     """How many sessions the sweepers say they closed."""
-    return sum(line["sessions"] for line in logged(caplog, "confirmation_windows_closed"))
+    return sum(line["sessions"] for line in event_lines(caplog, "confirmation_windows_closed"))
 
 
-async def window_passed(db: asyncpg.Pool, session_id: str, window: float) -> bool:
+async def db_clock_past_window(db: asyncpg.Pool, session_id: str, window: float) -> bool:
     """Whether the database clock is past the session's first confirmation plus `window`."""
     return bool(
         await db.fetchval(
@@ -227,7 +223,9 @@ async def test_two_sweepers_close_a_half_confirmed_session_once_without_any_call
 
     # Closed once, delivered once, across both replicas.
     assert swept(caplog) == 1
-    assert Counter(line["session_id"] for line in logged(caplog, "delivered")) == Counter({session_id: 1})
+    assert Counter(line["session_id"] for line in event_lines(caplog, "delivered")) == Counter(
+        {session_id: 1}
+    )
     assert (
         await stack.db.fetchval(
             "SELECT close_time FROM reputation.paired_sessions WHERE session_id = $1", session_id
@@ -275,7 +273,7 @@ async def test_two_sweepers_close_many_expired_sessions_each_once_and_leave_open
     assert swept(caplog) == 12
     assert await events_of(stack.db, half) == sorted((s, confirmers[s], 0, CLOSED) for s in half)
     assert {r["attempts"] for r in (await outbox_of(stack.db, half)).values()} == {1}
-    delivered = Counter(line["session_id"] for line in logged(caplog, "delivered"))
+    delivered = Counter(line["session_id"] for line in event_lines(caplog, "delivered"))
     assert {s: delivered[s] for s in ids[:14]} == dict.fromkeys(ids[:14], 1)
     # The decided sessions keep their awards and were never closed; the unconfirmed ones are untouched.
     assert [(e[2], e[3]) for e in await events_of(stack.db, ids[12:14])] == [(1, "MUTUAL_CONFIRMATION")] * 4
@@ -344,7 +342,7 @@ async def test_after_the_window_passed_the_next_confirmation_closes_it_inline_be
         await confirm(reputation, md[owner], session_id)
 
         async def passed() -> bool:
-            return await window_passed(stack.db, session_id, 1)
+            return await db_clock_past_window(stack.db, session_id, 1)
 
         await wait_for(passed, within=10, what="the one-second window to pass")
         assert (await get_confirmation(reputation, md[owner], session_id)).closed_unconfirmed is False
@@ -419,7 +417,7 @@ async def test_late_confirmations_racing_two_sweepers_at_the_windows_edge_either
         # The partners come back as the middle session's window closes: the earliest windows have
         # passed (closed by a sweeper or inline), the latest have not, those between race.
         async def middle_passed() -> bool:
-            return await window_passed(stack.db, ids[len(ids) // 2], 1)
+            return await db_clock_past_window(stack.db, ids[len(ids) // 2], 1)
 
         await wait_for(middle_passed, within=10, what="the middle session's window to pass", interval=0.01)
         outcomes = await asyncio.gather(
