@@ -11,9 +11,7 @@ from pathlib import Path
 import yaml
 
 from common.client import DEFAULT_DEADLINE, RETRY, service_config
-from tests.helpers import BUF
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import BUF, ROOT
 
 
 def _bundle(tmp_path: Path) -> Path:

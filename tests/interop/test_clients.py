@@ -17,9 +17,8 @@ import pytest
 from interview.reputation.v1 import reputation_pb2, reputation_pb2_grpc
 from interview.sessions.v1 import sessions_pb2, sessions_pb2_grpc
 
-from tests.helpers import BUF, new_id, user_metadata, user_token
+from tests.helpers import BUF, ROOT, new_id, user_metadata, user_token
 
-ROOT = Path(__file__).resolve().parents[2]
 TS = ROOT / "interop/ts"
 GO = ROOT / "interop/go"
 JAVA = ROOT / "interop/java"

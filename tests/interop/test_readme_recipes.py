@@ -11,9 +11,8 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from tests.helpers import make_run, make_run_env, run_program
+from tests.helpers import ROOT, make_run, make_run_env, run_program
 
-ROOT = Path(__file__).resolve().parents[2]
 SECTION = "Trying it with grpcurl"
 # From the checkout (the recipes call `make token`), one stream; every failing command is reported
 # on it, in order: the two the README shows failing must be the only ones.
